@@ -1,0 +1,19 @@
+"""Settings: one typed model loaded from TOML plus ``MAMMOXAI_*`` environment variables."""
+
+from .loading import SettingsError, load_settings
+from .settings import (
+    PROFILE_METHODS,
+    PROFILE_PARAMS,
+    DestinationSettings,
+    ExplainerSettings,
+    ModelSettings,
+    NodeSettings,
+    OutputSettings,
+    Settings,
+    TlsSettings,
+)
+
+__all__ = [
+    "PROFILE_METHODS", "PROFILE_PARAMS", "DestinationSettings", "ExplainerSettings", "ModelSettings",
+    "NodeSettings", "OutputSettings", "Settings", "SettingsError", "TlsSettings", "load_settings",
+]

@@ -1,0 +1,24 @@
+"""Explainers: one module per method family, one common interface (:class:`Explainer`)."""
+
+from .base import (
+    Explainer,
+    ExplainerError,
+    ExplainerNotApplicable,
+    Explanation,
+    RunResult,
+    available,
+    create,
+    explainer_class,
+    register,
+    run_explainers,
+    shared_cache,
+    shared_passes,
+)
+
+# Importing the family modules registers their explainers.
+from . import _families  # noqa: E402,F401
+
+__all__ = [
+    "Explainer", "ExplainerError", "ExplainerNotApplicable", "Explanation", "RunResult", "available",
+    "create", "explainer_class", "register", "run_explainers", "shared_cache", "shared_passes",
+]
