@@ -159,6 +159,8 @@ class ExplainerSettings(_Section):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     batch_size: int = Field(default=16, ge=1, description="forward-pass budget shared by sampled methods")
     seed: int = 0
+    target: Literal["predicted", "positive"] = Field(
+        default="predicted", description="explain the predicted class, or always the positive (malignant) class")
     time_budget_s: float = Field(default=300.0, gt=0, description="per explainer, per image")
     quality: bool = Field(default=True, description="compute quality scores for every map")
 

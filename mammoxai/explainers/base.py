@@ -199,6 +199,32 @@ def shared_cache() -> dict[Any, Any] | None:
     return _SHARED.get()
 
 
+# --- per-explainer time budgets ----------------------------------------------------------------
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("mammoxai_deadline", default=None)
+
+
+class ExplainerTimeout(ExplainerError):
+    """The explainer ran past its time budget (``explainers.time_budget_s``)."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float | None) -> Iterator[None]:
+    """Within this context, :func:`check_budget` raises once ``seconds`` have passed."""
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_budget(method: str) -> None:
+    """Called between chunks by methods that loop (sampled, perturbation, iterative attacks)."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise ExplainerTimeout(method, "time budget exceeded (explainers.time_budget_s)")
+
+
 @dataclass
 class RunResult:
     """Results of :func:`run_explainers`: explanations by name, and failures by name."""
@@ -208,14 +234,19 @@ class RunResult:
 
 
 def run_explainers(model: nn.Module, batch: torch.Tensor, explainers: list[Explainer],
-                   target: int | torch.Tensor | None = None) -> RunResult:
-    """Run several explainers on one batch, sharing passes; one failure never loses the others."""
+                   target: int | torch.Tensor | None = None, *,
+                   time_budget_s: float | None = None) -> RunResult:
+    """Run several explainers on one batch, sharing passes; one failure never loses the others.
+
+    ``time_budget_s`` bounds each explainer (checked between its chunks by :func:`check_budget`).
+    """
     explanations: dict[str, Explanation] = {}
     failures: dict[str, ExplainerError] = {}
     with shared_passes():
         for explainer in explainers:
             try:
-                explanations[explainer.name] = explainer.explain(model, batch, target)
+                with time_budget(time_budget_s):
+                    explanations[explainer.name] = explainer.explain(model, batch, target)
             except ExplainerError as exc:
                 failures[explainer.name] = exc
             except Exception as exc:  # noqa: BLE001 - any failure of one method is reported, not raised

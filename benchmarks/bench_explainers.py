@@ -1,0 +1,629 @@
+#!/usr/bin/env python
+"""Speed and memory of mammoxai's explainers: against reference libraries, against the model's limit.
+
+Three measurements, all in one process on one model and one input:
+
+1. **References.** Each method against the library it re-implements, same
+   model, same input, same target, same sample counts and forward batch size
+   (Grad-CAM / Grad-CAM++ / Score-CAM vs pytorch-grad-cam; IG, SmoothGrad,
+   Guided Backprop, DeepLIFT, Occlusion, LIME, Kernel SHAP vs captum; LRP vs
+   zennit; LIME vs lime; Kernel SHAP vs shap). Ratio = ours / reference
+   (below 1: we are faster). LIME and Kernel SHAP references get our SLIC
+   superpixels and our hidden image, so only the sampling and fitting differ.
+2. **Limit.** Every forward and backward pass through the model is counted by
+   hooks (images, not calls). The limit is what those passes cost at the
+   model's best batched speed: ``fwd_images × t_fwd + bwd_images × t_bwd``,
+   with ``t_fwd`` / ``t_bwd`` the best per-image times over batch sizes 1…64,
+   measured in the same run. Ratio = method time / limit (1.0 = no overhead
+   beyond the model work the method does).
+3. **Memory.** Peak RSS above the pre-call RSS (CPU; sampled every 5 ms from
+   /proc/self/statm) or peak allocated CUDA memory above the pre-call
+   allocation (``torch.cuda.max_memory_allocated``), per method, at the model's
+   input size and at 1024×1024 (sample counts capped by ``--memory-samples``;
+   memory depends on the forward batch size, not on the number of batches).
+
+Each timing is one run (``--repeats`` for the best of several) after one
+warm-up forward/backward of the model. Usage::
+
+    .venv/bin/python benchmarks/bench_explainers.py --device cpu --out benchmarks/results/cpu
+    .venv/bin/python benchmarks/bench_explainers.py --device cuda --autocast bf16 --out benchmarks/results/h100
+
+writes ``OUT.json`` and ``OUT.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mammoxai.models._torchvision_compat import ensure_torchvision_importable, import_timm  # noqa: E402
+
+ensure_torchvision_importable()
+
+from mammoxai import explainers as xai  # noqa: E402
+
+#: Sample counts of ``--quick`` (a reduced run that fits 2 CPU cores).
+QUICK_PARAMS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 16}, "smoothgrad_sq": {"samples": 16},
+    "vargrad": {"samples": 16}, "occlusion": {"patch": 32, "stride": 32}, "rise": {"n_masks": 128},
+    "lime": {"samples": 128}, "kernel_shap": {"samples": 128},
+}
+
+
+# ----------------------------------------------------------------------------------- measurement tools
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PassCounter:
+    """Counts images through ``model.forward`` and gradients arriving at its output (backward passes)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.forward_images = 0
+        self.backward_images = 0
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        out = output if isinstance(output, torch.Tensor) else next(
+            (o for o in (output if isinstance(output, (tuple, list)) else []) if isinstance(o, torch.Tensor)), None)
+        if out is None or out.ndim == 0:
+            return
+        self.forward_images += out.shape[0]
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+
+    def _count_backward(self, grad: torch.Tensor) -> None:
+        self.backward_images += grad.shape[0]
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the start while the block runs: RSS (sampled) on CPU, allocated bytes on CUDA."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_mb = float("nan")
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = _rss_bytes()
+            self._peak = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes())
+            self.peak_mb = (self._peak - self._start) / 2**20
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tuple[float, Any]:
+    """Best wall time of ``repeats`` calls of ``fn`` (synchronised on CUDA) and the last result."""
+    best, result = math.inf, None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def autocast_ctx(device: torch.device, mode: str):
+    if device.type != "cuda" or mode == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
+
+
+def model_costs(model: nn.Module, x: torch.Tensor, device: torch.device, autocast: str,
+                batch_sizes: list[int]) -> dict[str, Any]:
+    """Best per-image forward time and forward+backward (input gradient) time over ``batch_sizes``."""
+    out: dict[str, Any] = {"forward": {}, "forward_backward": {}}
+    for bs in batch_sizes:
+        xb = x[:1].expand(bs, *x.shape[1:]).contiguous()
+        target = torch.zeros(bs, dtype=torch.long, device=device)
+
+        def fwd():
+            with torch.no_grad(), autocast_ctx(device, autocast):
+                return model(xb)
+
+        def fwd_bwd():
+            xi = xb.detach().requires_grad_(True)
+            with autocast_ctx(device, autocast):
+                logits = model(xi)
+            grad, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), xi)
+            return grad
+
+        try:
+            fwd()
+            fwd_bwd()
+            t_f, _ = timed(fwd, device, repeats=3)
+            t_fb, _ = timed(fwd_bwd, device, repeats=3)
+        except RuntimeError as exc:  # out of memory at a large batch: stop there
+            if "out of memory" not in str(exc).lower():
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
+        out["forward"][bs] = t_f / bs
+        out["forward_backward"][bs] = t_fb / bs
+    t_fwd = min(out["forward"].values())
+    t_fb = min(out["forward_backward"].values())
+    out["t_fwd"] = t_fwd
+    out["t_bwd"] = max(t_fb - t_fwd, 0.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------- references
+
+def _ref_model(model: nn.Module) -> nn.Module:
+    """A copy without in-place activations (captum's and zennit's backward hooks need that)."""
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    return ref.eval()
+
+
+def _prob(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda inp: model(inp).softmax(dim=-1)
+
+
+def _score_fn(model: nn.Module, score: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return _prob(model) if score == "probability" else model
+
+
+def _cam_layer(model: nn.Module, x: torch.Tensor, explainer: xai.Explainer) -> nn.Module:
+    from mammoxai.explainers._targets import auto_target_name, find_module
+
+    name = explainer.params.get("target_layer", "auto")
+    if name == "auto":
+        name = auto_target_name(model, x)
+    return find_module(model, name)
+
+
+def _baseline_tensor(x: torch.Tensor, explainer: xai.Explainer) -> torch.Tensor:
+    from mammoxai.explainers.gradients import make_baseline
+
+    return make_baseline(x, explainer.params["baseline"], explainer.params.get("blur_sigma", 8.0))
+
+
+def _pert_baseline(x: torch.Tensor, explainer: xai.Explainer) -> torch.Tensor | float:
+    from mammoxai.explainers._pert_common import baseline_image
+
+    return baseline_image(x, explainer.params["baseline"], explainer.params["blur_sigma"])
+
+
+def references(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+               explainer: xai.Explainer, ours_extras: dict[str, Any]) -> list[tuple[str, Callable[[], Any]]]:
+    """``(name, run)`` for each reference library of ``method``, configured to the explainer's parameters."""
+    p = explainer.params
+    bs = p["batch_size"]
+    t = [int(v) for v in target]
+    refs: list[tuple[str, Callable[[], Any]]] = []
+    if method in ("gradcam", "gradcam_pp", "scorecam"):
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        cls = {"gradcam": pgc.GradCAM, "gradcam_pp": pgc.GradCAMPlusPlus, "scorecam": pgc.ScoreCAM}[method]
+        ref = _ref_model(model)
+        layer = _cam_layer(ref, x, explainer)
+
+        def run_cam():
+            cam = cls(model=ref, target_layers=[layer])
+            cam.batch_size = bs
+            with cam:
+                return cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in t])
+
+        refs.append(("pytorch-grad-cam", run_cam))
+    if method in ("integrated_gradients", "smoothgrad", "guided_backprop", "deeplift", "occlusion", "lime",
+                  "kernel_shap", "saliency", "gradient_x_input"):
+        import captum.attr as ca
+
+        ref = _ref_model(model)
+        if method == "integrated_gradients":
+            base = _baseline_tensor(x, explainer)
+            refs.append(("captum", lambda: ca.IntegratedGradients(ref).attribute(
+                x, baselines=base, target=target, n_steps=p["steps"], method=p["method"], internal_batch_size=bs)))
+        elif method == "smoothgrad":
+            # captum takes one noise sd for the whole batch: exact for one image.
+            sd = float(p["noise_level"] * (x.amax() - x.amin()))
+            refs.append(("captum", lambda: ca.NoiseTunnel(ca.Saliency(ref)).attribute(
+                x, nt_type="smoothgrad", nt_samples=p["samples"], nt_samples_batch_size=bs, stdevs=sd,
+                target=target, abs=False)))
+        elif method == "saliency":
+            refs.append(("captum", lambda: ca.Saliency(ref).attribute(x, target=target, abs=True)))
+        elif method == "gradient_x_input":
+            refs.append(("captum", lambda: ca.InputXGradient(ref).attribute(x, target=target)))
+        elif method == "guided_backprop":
+            refs.append(("captum", lambda: ca.GuidedBackprop(ref).attribute(x, target=target)))
+        elif method == "deeplift":
+            base = _baseline_tensor(x, explainer)
+            refs.append(("captum", lambda: ca.DeepLift(ref).attribute(x, baselines=base, target=target)))
+        elif method == "occlusion":
+            c = x.shape[1]
+            base = _pert_baseline(x, explainer)
+            fn = _score_fn(ref, p["score"])
+            refs.append(("captum", lambda: ca.Occlusion(fn).attribute(
+                x, sliding_window_shapes=(c, p["patch"], p["patch"]), strides=(c, p["stride"], p["stride"]),
+                baselines=base, target=target, perturbations_per_eval=bs)))
+        elif method in ("lime", "kernel_shap"):
+            refs += _superpixel_refs(method, ref, x, target, explainer, ours_extras)
+    if method == "lrp":
+        refs.append(("zennit", _zennit_runner(model, x, target, explainer)))
+    return refs
+
+
+def _superpixel_refs(method: str, ref: nn.Module, x: torch.Tensor, target: torch.Tensor, explainer: xai.Explainer,
+                     extras: dict[str, Any]) -> list[tuple[str, Callable[[], Any]]]:
+    """captum Lime/KernelShap and lime / shap on our superpixels (first image), same samples and batch size."""
+    import captum.attr as ca
+
+    from mammoxai.explainers._pert_common import compose_from_presence, hidden_image
+
+    p = explainer.params
+    bs = p["batch_size"]
+    segments = extras["segments"][0].to(x.device)
+    x0 = x[:1]
+    hidden = hidden_image(x0[0], segments, p["hide_color"])
+    fn = _score_fn(ref, p["score"])
+    t0 = int(target[0])
+    feature_mask = segments[None, None].expand_as(x0)
+    m = int(segments.max()) + 1
+    refs: list[tuple[str, Callable[[], Any]]] = []
+    if method == "lime":
+        refs.append(("captum", lambda: ca.Lime(fn).attribute(
+            x0, target=t0, baselines=hidden[None], feature_mask=feature_mask, n_samples=p["samples"],
+            perturbations_per_eval=bs)))
+
+        def run_lime():
+            from lime import lime_image
+
+            image = x0[0, 0].detach().cpu().double().numpy()
+            seg_np = segments.cpu().numpy()
+
+            def classifier_fn(images: np.ndarray) -> np.ndarray:
+                batch = torch.from_numpy(images[..., 0]).to(x0.device, x0.dtype)[:, None]
+                with torch.no_grad():
+                    return fn(batch).float().cpu().numpy()
+
+            explainer_ = lime_image.LimeImageExplainer(kernel_width=p["kernel_width"], random_state=0)
+            return explainer_.explain_instance(image, classifier_fn, labels=(t0,), top_labels=None,
+                                               hide_color=None, num_samples=p["samples"], batch_size=bs,
+                                               segmentation_fn=lambda _img: seg_np, progress_bar=False)
+
+        refs.append(("lime", run_lime))
+    else:
+        refs.append(("captum", lambda: ca.KernelShap(fn).attribute(
+            x0, target=t0, baselines=hidden[None], feature_mask=feature_mask, n_samples=p["samples"],
+            perturbations_per_eval=bs)))
+
+        def run_shap():
+            import shap
+
+            def f(z: np.ndarray) -> np.ndarray:
+                presence = torch.from_numpy(z).to(x0.device, torch.float32)
+                out = []
+                with torch.no_grad():
+                    for start in range(0, presence.shape[0], bs):
+                        imgs = compose_from_presence(x0[0], hidden, segments, presence[start:start + bs])
+                        out.append(fn(imgs)[:, t0].float().cpu())
+                return torch.cat(out).numpy()
+
+            kernel = shap.KernelExplainer(f, np.zeros((1, m)))
+            return kernel.shap_values(np.ones((1, m)), nsamples=p["samples"], silent=True, l1_reg=False)
+
+        refs.append(("shap", run_shap))
+    return refs
+
+
+def _zennit_runner(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                   explainer: xai.Explainer) -> Callable[[], Any]:
+    """zennit's Gradient attributor with the composite that matches our LRP's ``rule`` parameter."""
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat
+
+    ref = _ref_model(model)
+    rule = str(explainer.params.get("rule", explainer.params.get("composite", "epsilon_plus_flat")))
+    if "gamma" in rule:
+        low, high = float(x.min()), float(x.max())
+        composite = EpsilonGammaBox(low=low, high=high, canonizers=[SequentialMergeBatchNorm()])
+    elif "alpha" in rule:
+        composite = EpsilonAlpha2Beta1Flat(canonizers=[SequentialMergeBatchNorm()])
+    else:
+        composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    n_classes = ref(x[:1]).shape[1]
+    onehot = torch.nn.functional.one_hot(target, n_classes).to(x.dtype)
+
+    def run():
+        with Gradient(model=ref, composite=composite) as attributor:
+            _, relevance = attributor(x, onehot)
+        return relevance
+
+    return run
+
+
+# ----------------------------------------------------------------------------------- the benchmark
+
+def build_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.Tensor, str, dict]:
+    """The model and one preprocessed phantom input: the demo checkpoint (or ``--checkpoint``), else a
+    random ``--architecture`` at ``--input-size``."""
+    from mammoxai.models.phantoms import generate_phantom
+
+    phantom = generate_phantom(args.seed, finding="malignant_mass")
+    checkpoint = args.checkpoint
+    if checkpoint == "demo":
+        from mammoxai.models.classifier import demo_checkpoint
+
+        checkpoint = str(demo_checkpoint("cnn"))
+        if not Path(checkpoint).is_file():
+            checkpoint = None
+    if checkpoint:
+        from mammoxai.models import load_classifier
+
+        clf = load_classifier(checkpoint, device=str(device))
+        x, _ = clf.preprocess(phantom.image, phantom.laterality)
+        desc = f"{clf.metadata.architecture} ({Path(checkpoint).name})"
+        return clf.module, x.to(device), desc, clf.metadata.to_dict()
+    from mammoxai.models.classifier import ModelMetadata, create_module
+    from mammoxai.models.preprocess import preprocess
+
+    meta = ModelMetadata(architecture=args.architecture, input_size=tuple(args.input_size))
+    torch.manual_seed(0)
+    module = create_module(meta).to(device).eval()
+    x, _ = preprocess(phantom.image, phantom.laterality, meta)
+    return module, x.to(device), f"{args.architecture} (random weights)", meta.to_dict()
+
+
+def method_params(method: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    cls = xai.explainer_class(method)
+    params: dict[str, Any] = {"batch_size": args.batch_size, "autocast": args.autocast}
+    if args.quick:
+        params.update({k: v for k, v in QUICK_PARAMS.get(method, {}).items() if k in cls.defaults})
+    params.update(extra.get(method, {}))
+    return params
+
+
+def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, device: torch.device,
+               args: argparse.Namespace, costs: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    params = method_params(method, args, extra)
+    explainer = xai.create(method, **params)
+    record: dict[str, Any] = {"method": method, "parameters": {k: v for k, v in explainer.params.items()
+                                                                 if not isinstance(v, (list, tuple))}}
+    counter = PassCounter(model)
+    try:
+        with PeakMemory(device) as mem:
+            seconds, explanation = timed(lambda: explainer.explain(model, x, target), device, args.repeats)
+    except xai.ExplainerNotApplicable as exc:
+        record["error"] = f"not applicable: {exc.reason}"
+        return record
+    except Exception as exc:  # noqa: BLE001 - report it and go on
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        return record
+    finally:
+        counter.close()
+    runs = args.repeats
+    fwd, bwd = counter.forward_images / runs, counter.backward_images / runs
+    limit = fwd * costs["t_fwd"] + bwd * costs["t_bwd"]
+    record.update(seconds=seconds, seconds_per_image=seconds / x.shape[0], forward_images=fwd, backward_images=bwd,
+                  limit_seconds=limit, limit_ratio=seconds / limit if limit > 0 else None,
+                  peak_mb=mem.peak_mb)
+    if not args.no_references:
+        record["references"] = []
+        extras = explanation.extras
+        try:
+            refs = references(method, model, x, target, explainer, extras)
+        except Exception as exc:  # noqa: BLE001
+            refs = []
+            record["references"].append({"library": "?", "error": f"{type(exc).__name__}: {exc}"})
+        n_ref_images = 1 if method in ("lime", "kernel_shap") else x.shape[0]
+        ours = seconds if n_ref_images == x.shape[0] else seconds / x.shape[0]
+        for library, run in refs:
+            entry: dict[str, Any] = {"library": library}
+            try:
+                with autocast_ctx(device, args.autocast):
+                    run()          # warm-up: library-side caches, hooks
+                    t_ref, _ = timed(run, device, args.repeats)
+                entry.update(seconds=t_ref, images=n_ref_images, ours_seconds=ours, ratio=ours / t_ref)
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                if args.debug:
+                    traceback.print_exc()
+            record["references"].append(entry)
+    return record
+
+
+def memory_at(method: str, model: nn.Module, size: int, device: torch.device, args: argparse.Namespace,
+              extra: dict[str, dict[str, Any]]) -> float | str:
+    """Peak memory (MB) of ``method`` on one ``size``×``size`` input, sample counts capped."""
+    params = method_params(method, args, extra)
+    cls = xai.explainer_class(method)
+    for key in ("samples", "n_masks", "steps"):
+        cap = args.memory_samples
+        if key in cls.defaults:
+            params[key] = min(params.get(key, cls.defaults[key]), cap)
+    if "patch" in cls.defaults:
+        params.setdefault("patch", 64)
+        params.setdefault("stride", 64)
+    explainer = xai.create(method, **params)
+    x = torch.randn(1, args.in_chans, size, size, device=device)
+    try:
+        with PeakMemory(device) as mem:
+            explainer.explain(model, x, 0)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return mem.peak_mb
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"# Explainer benchmark — {result['model']} at {result['input_size']}, {result['images']} image(s)", "",
+             f"Machine: {m['device_name']} ({m['device']}), {m['cpu']} ({m['cpu_count']} CPUs visible, "
+             f"torch threads {m['torch_threads']}), torch {m['torch']}, autocast {result['autocast']}.",
+             f"Command: `{result['command']}`", "",
+             f"Model: best forward {result['costs']['t_fwd'] * 1e3:.2f} ms/image, "
+             f"backward {result['costs']['t_bwd'] * 1e3:.2f} ms/image "
+             f"(per-batch-size: {', '.join(f'b{k}: {v * 1e3:.1f}' for k, v in result['costs']['forward'].items())}"
+             " ms/image forward).", "",
+             "## Against reference libraries (ours / reference; < 1 means mammoxai is faster)", "",
+             "| method | parameters | ours (s) | library | library (s) | ratio |", "|---|---|---|---|---|---|"]
+    for r in result["methods"]:
+        if "error" in r:
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in r["parameters"].items()
+                           if k not in ("seed", "autocast") and v is not None)
+        for ref in r.get("references", []):
+            if "error" in ref:
+                lines.append(f"| {r['method']} | {params} | {r['seconds']:.3f} | {ref['library']} | "
+                             f"failed: {ref['error'][:80]} | – |")
+            else:
+                lines.append(f"| {r['method']} | {params} | {ref['ours_seconds']:.3f} | {ref['library']} | "
+                             f"{ref['seconds']:.3f} | {ref['ratio']:.2f} |")
+    lines += ["", "## Against the model's limit", "",
+              "| method | s / image | forward images | backward images | limit (s) | time / limit |",
+              "|---|---|---|---|---|---|"]
+    for r in result["methods"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['error'][:80]} | | | | |")
+            continue
+        ratio = f"{r['limit_ratio']:.2f}" if r["limit_ratio"] is not None else "–"
+        lines.append(f"| {r['method']} | {r['seconds_per_image']:.3f} | {r['forward_images']:.0f} | "
+                     f"{r['backward_images']:.0f} | {r['limit_seconds']:.3f} | {ratio} |")
+    mem_label = "peak allocated CUDA MB" if result["machine"]["device"].startswith("cuda") else "peak RSS increase MB"
+    sizes = result.get("memory_sizes", [])
+    lines += ["", f"## Memory ({mem_label}; sample counts capped at {result['memory_samples']} "
+                  f"for the larger sizes)", "",
+              "| method | " + " | ".join(["timed run"] + [f"{s}×{s}" for s in sizes]) + " |",
+              "|---|" + "---|" * (len(sizes) + 1)]
+    for r in result["methods"]:
+        if "error" in r:
+            continue
+        cells = [f"{r['peak_mb']:.0f}"]
+        for s in sizes:
+            v = r.get("memory", {}).get(str(s))
+            cells.append(f"{v:.0f}" if isinstance(v, (int, float)) else (str(v)[:40] if v is not None else "–"))
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--autocast", choices=["off", "bf16", "fp16"], default="off", help="CUDA only")
+    p.add_argument("--checkpoint", default="demo", help="'demo' (falls back to a random model), a .pt, or ''")
+    p.add_argument("--architecture", default="resnet10t", help="timm name for the random model")
+    p.add_argument("--input-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--in-chans", type=int, default=1)
+    p.add_argument("--images", type=int, default=1, help="images per explain call")
+    p.add_argument("--batch-size", type=int, default=16, help="forward batch of sampled methods (ours and refs)")
+    p.add_argument("--methods", help="comma-separated (default: every registered explainer)")
+    p.add_argument("--params", default="{}", help='JSON {"method": {"param": value}} overrides')
+    p.add_argument("--quick", action="store_true", help="reduced sample counts (see QUICK_PARAMS)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--no-references", action="store_true")
+    p.add_argument("--memory-sizes", type=int, nargs="*", default=[1024],
+                   help="extra square input sizes for the memory table (model input size is the timed run)")
+    p.add_argument("--memory-samples", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=20_000_000, help="phantom seed of the input")
+    p.add_argument("--out", type=Path, required=True, help="output path prefix: writes OUT.json and OUT.md")
+    p.add_argument("--debug", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_explainers: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    extra = json.loads(args.params)
+    model, x1, desc, meta = build_model(args, device)
+    args.in_chans = x1.shape[1]
+    x = x1.expand(args.images, *x1.shape[1:]).contiguous()
+    with torch.no_grad():
+        target = model(x).argmax(dim=1)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else xai.available()
+    unknown = [m for m in methods if m not in xai.available()]
+    if unknown:
+        print(f"bench_explainers: unknown method(s) {unknown}; available: {xai.available()}", file=sys.stderr)
+        return 2
+    batch_sizes = [1, 4, 16, 64] if device.type == "cuda" else [1, 4, 16]
+    costs = model_costs(model, x1, device, args.autocast, batch_sizes)
+    result: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
+        "model": desc, "metadata": meta, "input_size": list(x.shape[1:]), "images": args.images,
+        "autocast": args.autocast, "batch_size": args.batch_size, "quick": args.quick,
+        "memory_sizes": args.memory_sizes, "memory_samples": args.memory_samples,
+        "machine": {"device": str(device), "device_name": torch.cuda.get_device_name(device)
+                    if device.type == "cuda" else "CPU", "cpu": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "costs": costs, "methods": [],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for method in methods:
+        print(f"[bench] {method} ...", file=sys.stderr, flush=True)
+        record = run_method(method, model, x, target, device, args, costs, extra)
+        if "error" not in record:
+            record["memory"] = {str(s): memory_at(method, model, s, device, args, extra) for s in args.memory_sizes}
+        result["methods"].append(record)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{args.out}.json").write_text(json.dumps(result, indent=2, default=str))
+    Path(f"{args.out}.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

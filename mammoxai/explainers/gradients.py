@@ -1,0 +1,347 @@
+"""Gradient-based explainers: saliency, gradient × input, Integrated Gradients, SmoothGrad (and ², VarGrad),
+Guided Backprop, DeconvNet, DeepLIFT (rescale).
+
+All maps are at input resolution. Multi-channel inputs are reduced to one map:
+signed maps (``signed = True``) are **summed over channels** (attributions are
+additive); unsigned maps take the channel **maximum of |gradient|** (Simonyan
+et al. 2014) for saliency, and the channel sum for the non-negative SmoothGrad²
+and VarGrad. Maps are not normalised. The score explained is the raw logit of
+the target class (before softmax), as captum does with ``target=``.
+
+Sampled methods (Integrated Gradients steps, SmoothGrad noise) run in chunks of
+``batch_size`` inputs per forward/backward; noise is drawn on the model's device
+with the explainer's own generator (``seed``). Gradients are taken with
+``torch.autograd.grad`` with respect to the input only, so parameter ``.grad``
+fields are never touched and graphs are freed after each chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._grad_hooks import has_activation, modified_backward
+from .base import Explainer, ExplainerNotApplicable, register
+
+__all__ = [
+    "Saliency", "GradientXInput", "IntegratedGradients", "SmoothGrad", "SmoothGradSquared", "VarGrad",
+    "GuidedBackprop", "DeconvNet", "DeepLift", "input_gradient", "make_baseline", "integration_rule",
+    "BASELINES", "IG_METHODS",
+]
+
+BASELINES = ("black", "blur", "mean", "zero")
+IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+def input_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``sum_i model(inputs)[i, target[i]]`` with respect to ``inputs`` (same shape)."""
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        score = logits.gather(1, target.reshape(-1, 1).to(logits.device)).sum()
+        (grad,) = torch.autograd.grad(score, x)
+    return grad
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    coords = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    pad_h = min(radius, x.shape[2] - 1)
+    pad_w = min(radius, x.shape[3] - 1)
+    out = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else x
+    k = kernel[radius - pad_h: radius + pad_h + 1] if pad_h < radius else kernel
+    out = F.conv2d(out, k.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    out = F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else out
+    k = kernel[radius - pad_w: radius + pad_w + 1] if pad_w < radius else kernel
+    return F.conv2d(out, k.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+
+
+def make_baseline(batch: torch.Tensor, kind: str, blur_sigma: float = 8.0) -> torch.Tensor:
+    """Reference input for path/difference methods, same shape as ``batch``.
+
+    ``"black"``: a constant image at each image's minimum (the darkest value, i.e.
+    black after the model's normalisation); ``"mean"``: constant at each image
+    and channel's mean; ``"blur"``: Gaussian blur with ``blur_sigma`` pixels;
+    ``"zero"``: all zeros (captum's default).
+    """
+    if kind == "black":
+        return batch.amin(dim=(1, 2, 3), keepdim=True).expand_as(batch).clone()
+    if kind == "mean":
+        return batch.mean(dim=(2, 3), keepdim=True).expand_as(batch).clone()
+    if kind == "blur":
+        return _gaussian_blur(batch, blur_sigma)
+    if kind == "zero":
+        return torch.zeros_like(batch)
+    raise ValueError(f"unknown baseline {kind!r} (allowed: {', '.join(BASELINES)})")
+
+
+def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]:
+    """``(alphas, weights)`` of the path integral over [0, 1], as captum's approximation methods."""
+    if method == "gausslegendre":
+        nodes, w = np.polynomial.legendre.leggauss(steps)
+        return [float(0.5 * (n + 1)) for n in nodes], [float(0.5 * v) for v in w]
+    if method == "riemann_trapezoid":
+        if steps < 2:
+            raise ValueError("riemann_trapezoid needs at least 2 steps")
+        alphas = [i / (steps - 1) for i in range(steps)]
+        weights = [1 / (steps - 1)] * steps
+        weights[0] = weights[-1] = 1 / (2 * (steps - 1))
+        return alphas, weights
+    offsets = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}
+    if method not in offsets:
+        raise ValueError(f"unknown integration method {method!r} (allowed: {', '.join(IG_METHODS)})")
+    return [(i + offsets[method]) / steps for i in range(steps)], [1 / steps] * steps
+
+
+def _signed_map(attr: torch.Tensor) -> torch.Tensor:
+    return attr.sum(dim=1)
+
+
+class _GradientExplainer(Explainer):
+    family: ClassVar[str] = "gradients"
+
+
+@register
+class Saliency(_GradientExplainer):
+    """Vanilla gradient (Simonyan et al. 2014): ``max_c |∂y_t/∂x_c|``."""
+
+    name = "saliency"
+    display_name = "Saliency (vanilla gradient)"
+    signed = False
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return input_gradient(model, batch, target).abs().amax(dim=1)
+
+
+@register
+class GradientXInput(_GradientExplainer):
+    """Gradient × input (Shrikumar et al. 2016), summed over channels."""
+
+    name = "gradient_x_input"
+    display_name = "Gradient × Input"
+    signed = True
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _signed_map(input_gradient(model, batch, target) * batch)
+
+
+class _BaselineMixin:
+    params: dict[str, Any]
+    name: ClassVar[str]
+
+    def _check_baseline(self) -> None:
+        if self.params["baseline"] not in BASELINES:
+            raise ValueError(f"explainer {self.name!r}: baseline must be one of {', '.join(BASELINES)}, "
+                             f"got {self.params['baseline']!r}")
+        if self.params["blur_sigma"] <= 0:
+            raise ValueError(f"explainer {self.name!r}: blur_sigma must be > 0")
+
+
+@register
+class IntegratedGradients(_BaselineMixin, _GradientExplainer):
+    """Integrated Gradients (Sundararajan et al. 2017): ``(x - x') · ∫ ∂y_t/∂x(x' + α(x - x')) dα``.
+
+    ``method`` picks the quadrature (captum's default ``"gausslegendre"``, or a
+    Riemann rule); ``steps`` points per image, evaluated ``batch_size`` at a
+    time. ``extras["convergence_delta"]`` holds, per image, ``Σ attribution −
+    (f(x) − f(x'))`` (completeness gap).
+    """
+
+    name = "integrated_gradients"
+    display_name = "Integrated Gradients"
+    signed = True
+    defaults: ClassVar[Mapping[str, Any]] = {"steps": 32, "baseline": "black", "method": "gausslegendre",
+                                             "blur_sigma": 8.0}
+
+    def _validate(self) -> None:
+        self._check_baseline()
+        if self.params["steps"] < 2:
+            raise ValueError(f"explainer {self.name!r}: steps must be >= 2")
+        if self.params["method"] not in IG_METHODS:
+            raise ValueError(f"explainer {self.name!r}: method must be one of {', '.join(IG_METHODS)}")
+        if self.params["batch_size"] < 1:
+            raise ValueError(f"explainer {self.name!r}: batch_size must be >= 1")
+        self._delta: torch.Tensor | None = None
+
+    def attributions(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel attributions ``(N, C, H, W)`` (the map is their channel sum)."""
+        baseline = make_baseline(batch, self.params["baseline"], self.params["blur_sigma"])
+        alphas_l, weights_l = integration_rule(self.params["method"], self.params["steps"])
+        alphas = torch.tensor(alphas_l, device=batch.device, dtype=batch.dtype)
+        weights = torch.tensor(weights_l, device=batch.device, dtype=batch.dtype)
+        chunk = self.params["batch_size"]
+        out = torch.empty_like(batch)
+        for n in range(batch.shape[0]):
+            x, x0 = batch[n:n + 1], baseline[n:n + 1]
+            diff = x - x0
+            total = torch.zeros_like(x)
+            for start in range(0, alphas.numel(), chunk):
+                a = alphas[start:start + chunk].reshape(-1, 1, 1, 1)
+                points = x0 + a * diff
+                grads = input_gradient(model, points, target[n:n + 1].expand(points.shape[0]))
+                total += (grads * weights[start:start + chunk].reshape(-1, 1, 1, 1)).sum(dim=0, keepdim=True)
+            out[n:n + 1] = total * diff
+        with torch.no_grad():
+            both = model(torch.cat([batch, baseline]))
+            scores = both.gather(1, torch.cat([target, target]).reshape(-1, 1)).reshape(2, -1)
+        self._delta = (out.sum(dim=(1, 2, 3)) - (scores[0] - scores[1])).detach().float().cpu()
+        return out
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _signed_map(self.attributions(model, batch, target))
+
+    def _extras(self) -> dict[str, Any]:
+        return {} if self._delta is None else {"convergence_delta": self._delta}
+
+
+class _NoiseExplainer(_GradientExplainer):
+    defaults: ClassVar[Mapping[str, Any]] = {"samples": 16, "noise_level": 0.15}
+
+    def _validate(self) -> None:
+        if self.params["samples"] < 2:
+            raise ValueError(f"explainer {self.name!r}: samples must be >= 2")
+        if not 0 < self.params["noise_level"] <= 1:
+            raise ValueError(f"explainer {self.name!r}: noise_level must be in (0, 1]")
+        if self.params["batch_size"] < 1:
+            raise ValueError(f"explainer {self.name!r}: batch_size must be >= 1")
+
+    def noise_samples(self, batch: torch.Tensor) -> torch.Tensor:
+        """The ``(N, S, C, H, W)`` Gaussian noise added to ``batch`` (deterministic for a given ``seed``).
+
+        Standard deviation ``noise_level × (max − min)`` of each image
+        (Smilkov et al. 2017); drawn on ``batch``'s device with :meth:`generator`,
+        image by image, ``samples`` at a time.
+        """
+        gen = self.generator(batch.device)
+        samples = self.params["samples"]
+        sigma = self.params["noise_level"] * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
+        noise = torch.empty((batch.shape[0], samples, *batch.shape[1:]), device=batch.device, dtype=batch.dtype)
+        for n in range(batch.shape[0]):
+            noise[n] = torch.randn((samples, *batch.shape[1:]), generator=gen, device=batch.device,
+                                   dtype=batch.dtype) * sigma[n]
+        return noise
+
+    def _moments(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and mean-of-squares of the input gradient over the noise samples, ``(N, C, H, W)`` each."""
+        noise = self.noise_samples(batch)
+        chunk = self.params["batch_size"]
+        samples = self.params["samples"]
+        mean = torch.zeros_like(batch)
+        sq = torch.zeros_like(batch)
+        for n in range(batch.shape[0]):
+            for start in range(0, samples, chunk):
+                points = batch[n:n + 1] + noise[n, start:start + chunk]
+                grads = input_gradient(model, points, target[n:n + 1].expand(points.shape[0]))
+                mean[n] += grads.sum(dim=0)
+                sq[n] += (grads * grads).sum(dim=0)
+        return mean / samples, sq / samples
+
+
+@register
+class SmoothGrad(_NoiseExplainer):
+    """SmoothGrad (Smilkov et al. 2017): mean input gradient over noisy copies, summed over channels."""
+
+    name = "smoothgrad"
+    display_name = "SmoothGrad"
+    signed = True
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mean, _ = self._moments(model, batch, target)
+        return _signed_map(mean)
+
+
+@register
+class SmoothGradSquared(_NoiseExplainer):
+    """SmoothGrad²: mean of the squared input gradient over noisy copies (channel sum; non-negative)."""
+
+    name = "smoothgrad_sq"
+    display_name = "SmoothGrad²"
+    signed = False
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _, sq = self._moments(model, batch, target)
+        return sq.sum(dim=1)
+
+
+@register
+class VarGrad(_NoiseExplainer):
+    """VarGrad (Adebayo et al. 2018): variance of the input gradient over noisy copies (population variance)."""
+
+    name = "vargrad"
+    display_name = "VarGrad"
+    signed = False
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mean, sq = self._moments(model, batch, target)
+        return (sq - mean * mean).clamp(min=0).sum(dim=1)
+
+
+class _ModifiedReluExplainer(_GradientExplainer):
+    rule: ClassVar[str]
+    signed = True
+
+    def check_applicable(self, model: nn.Module) -> None:
+        if not has_activation(model):
+            raise ExplainerNotApplicable(self.name, "model has no activation module whose backward can be modified")
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with modified_backward(model, self.rule):
+            grad = input_gradient(model, batch, target)
+        return _signed_map(grad)
+
+
+@register
+class GuidedBackprop(_ModifiedReluExplainer):
+    """Guided Backpropagation (Springenberg et al. 2015); gradient summed over channels."""
+
+    name = "guided_backprop"
+    display_name = "Guided Backpropagation"
+    rule = "guided"
+
+
+@register
+class DeconvNet(_ModifiedReluExplainer):
+    """DeconvNet (Zeiler & Fergus 2014): ReLU backward replaced by ``max(g, 0)``; summed over channels."""
+
+    name = "deconvnet"
+    display_name = "DeconvNet"
+    rule = "deconv"
+
+
+@register
+class DeepLift(_BaselineMixin, _GradientExplainer):
+    """DeepLIFT with the rescale rule (Shrikumar et al. 2017), as captum's ``DeepLift``.
+
+    Input and baseline run as one ``2N`` batch so every activation sees both;
+    attribution ``(x − x') · m`` with the rescale multipliers ``m``, summed over channels.
+    """
+
+    name = "deeplift"
+    display_name = "DeepLIFT (rescale)"
+    signed = True
+    defaults: ClassVar[Mapping[str, Any]] = {"baseline": "black", "blur_sigma": 8.0}
+
+    def _validate(self) -> None:
+        self._check_baseline()
+
+    def attributions(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel attributions ``(N, C, H, W)``."""
+        baseline = make_baseline(batch, self.params["baseline"], self.params["blur_sigma"]).detach()
+        x = batch.detach().requires_grad_(True)
+        with modified_backward(model, "deeplift"), torch.enable_grad():
+            logits = model(torch.cat([x, baseline]))
+            score = logits.gather(1, torch.cat([target, target]).reshape(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(score, x)
+        return (batch - baseline) * grad
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _signed_map(self.attributions(model, batch, target))

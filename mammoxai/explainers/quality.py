@@ -1,0 +1,517 @@
+"""Quality scores of explanation maps: faithfulness, robustness, complexity, localisation, sanity.
+
+Everything here is torch, batched and device-agnostic: the scores are computed
+on the model's device, several perturbed inputs per forward pass. Heatmaps are
+``(N, H, W)`` at model-input resolution (what :class:`~.base.Explanation`
+holds); inputs are the ``N×C×H×W`` batches the model takes.
+
+Definitions (each checked against Quantus 0.6.0 in ``tests/quality``):
+
+* **Deletion AUC** (Petsiuk et al. 2018, "RISE"; Quantus ``PixelFlipping``):
+  pixels are replaced, most relevant first (signed maps: most *positive*
+  first), by a baseline, in ``steps`` equal chunks of ``ceil(H·W/steps)``
+  pixels; all channels of a pixel go together. The curve is the softmax
+  probability of the explained class at fractions ``0, 1/steps, …, 1`` of the
+  pixels replaced, and the AUC is its trapezoidal area over ``[0, 1]`` (so it
+  lies in ``[0, 1]``). Lower is better.
+* **Insertion AUC**: the mirror image: start from the baseline and put the
+  original pixels back, most relevant first. Higher is better.
+* **Baseline**: ``"blur"`` (default; a Gaussian blur of the image with
+  ``sigma = blur_sigma · min(H, W)``, reflect padding, which removes
+  local evidence without creating out-of-distribution edges), ``"mean"``
+  (per-image, per-channel mean) or ``"zero"``.
+* **Faithfulness** (one number per map) := insertion AUC − deletion AUC, in
+  ``[-1, 1]``; higher is better; about 0 for a map unrelated to the decision.
+* **Max-sensitivity** (Yeh et al. 2019; Quantus ``MaxSensitivity`` with its
+  default norms): ``max_k ‖e(x + δ_k) − e(x)‖_F / ‖e(x)‖_F`` over ``samples``
+  noise draws ``δ_k ~ U(−r, r)``, ``r = radius · (max x − min x)`` per image,
+  with the explained class held fixed. Lower is better.
+* **Sparseness** (Chalasani et al. 2020; Quantus ``Sparseness``): the Gini
+  index of ``|map|`` scaled to a maximum of 1; in ``[0, 1]``, higher = more
+  concentrated.
+* **Pointing game** (Zhang et al. 2018; Quantus ``PointingGame``): 1 when a
+  pixel holding the map's maximum lies in the lesion mask, else 0.
+* **Relevance mass** (Arras et al. 2022; Quantus ``RelevanceMassAccuracy``):
+  the share of the map's positive relevance that falls inside the mask
+  (negative relevance, in signed maps, is not counted).
+* **Randomisation sanity** (Adebayo et al. 2018; Quantus ``MPRT``): Spearman
+  rank correlation of ``|map|`` before and after re-initialising model
+  parameters (``reset_parameters()``, as Quantus does); a method that depends
+  on the model shows a low correlation.
+
+This module never imports ``mammoxai.node`` or ``mammoxai.dicom_io``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Explainer, Explanation
+
+Baseline = Literal["blur", "mean", "zero"]
+BASELINES: tuple[str, ...] = ("blur", "mean", "zero")
+
+#: Keys of the per-image score dictionaries, in display order.
+SCORE_KEYS: tuple[str, ...] = (
+    "faithfulness", "deletion_auc", "insertion_auc", "max_sensitivity", "sparseness",
+    "pointing_game", "relevance_mass",
+)
+
+#: For each score, whether a higher value is better (for tables and rankings).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "faithfulness": True, "deletion_auc": False, "insertion_auc": True, "max_sensitivity": False,
+    "sparseness": True, "pointing_game": True, "relevance_mass": True,
+}
+
+
+@dataclass(frozen=True)
+class QualityScores:
+    """The quality scores of one map (see the module docstring for definitions).
+
+    ``max_sensitivity`` is ``None`` when no explainer was given to re-run;
+    ``pointing_game`` / ``relevance_mass`` are ``None`` without a (non-empty) lesion mask.
+    """
+
+    deletion_auc: float
+    insertion_auc: float
+    faithfulness: float
+    sparseness: float
+    max_sensitivity: float | None = None
+    pointing_game: float | None = None
+    relevance_mass: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        """The scores that exist (finite, not ``None``), keyed as in :data:`SCORE_KEYS`."""
+        values = asdict(self)
+        return {key: float(values[key]) for key in SCORE_KEYS
+                if values[key] is not None and math.isfinite(values[key])}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _model_ref(model: nn.Module) -> torch.Tensor:
+    try:
+        return next(model.parameters())
+    except StopIteration:
+        raise ValueError("model has no parameters: cannot tell its device and dtype") from None
+
+
+def _check_heatmap(batch: torch.Tensor, heatmap: torch.Tensor) -> None:
+    if batch.ndim != 4:
+        raise ValueError(f"batch must be N×C×H×W, got shape {tuple(batch.shape)}")
+    expected = (batch.shape[0], batch.shape[2], batch.shape[3])
+    if tuple(heatmap.shape) != expected:
+        raise ValueError(f"heatmap must be N×H×W = {expected}, got shape {tuple(heatmap.shape)}")
+
+
+def _targets(target: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(target, device=device, dtype=torch.long).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target must be one class or one per image ({n}), got {t.numel()}")
+    return t
+
+
+def _accumulate_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur ``N×C×H×W`` with a separable Gaussian of ``sigma`` pixels (reflect padding, radius 3σ)."""
+    if sigma <= 0:
+        return batch.clone()
+    h, w = batch.shape[-2:]
+    radius = max(1, min(int(math.ceil(3 * sigma)), h - 1, w - 1))
+    coords = torch.arange(-radius, radius + 1, device=batch.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(batch.dtype)
+    c = batch.shape[1]
+    x = F.pad(batch, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x
+
+
+def make_baseline(batch: torch.Tensor, baseline: Baseline = "blur", *, blur_sigma: float = 0.04) -> torch.Tensor:
+    """The input with all evidence removed: ``"blur"`` (σ = ``blur_sigma``·min(H, W)), ``"mean"`` or ``"zero"``."""
+    if baseline == "blur":
+        return gaussian_blur(batch, blur_sigma * min(batch.shape[-2:]))
+    if baseline == "mean":
+        return batch.mean(dim=(2, 3), keepdim=True).expand_as(batch).clone()
+    if baseline == "zero":
+        return torch.zeros_like(batch)
+    raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+
+
+def _relevance_rank(heatmap: torch.Tensor) -> torch.Tensor:
+    """Per image, each pixel's 0-based position in descending order of relevance (stable for ties)."""
+    flat = heatmap.reshape(heatmap.shape[0], -1)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return rank
+
+
+# --- faithfulness ----------------------------------------------------------------------------
+
+def perturbation_curves(model: nn.Module, batch: torch.Tensor, heatmap: torch.Tensor,
+                        target: int | torch.Tensor, *, steps: int = 20, baseline: Baseline = "blur",
+                        blur_sigma: float = 0.04, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deletion and insertion curves, each ``(N, steps + 1)``: P(target) after step ``k`` of ``steps``.
+
+    Column ``k`` of the deletion curve is the probability with the
+    ``min(k·ceil(H·W/steps), H·W)`` most relevant pixels replaced by the
+    baseline; of the insertion curve, with those pixels restored onto the
+    baseline. Perturbed inputs are built on the model's device and run
+    ``batch_size`` at a time; the unperturbed input and the baseline are run
+    once and shared by both curves (``2·(steps−1)+2`` forward passes per image).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_heatmap(batch, heatmap)
+    ref = _model_ref(model)
+    x = batch.to(device=ref.device, dtype=ref.dtype)
+    n, _, h, w = x.shape
+    n_pixels = h * w
+    target_t = _targets(target, n, ref.device)
+    rank = _relevance_rank(heatmap.to(ref.device, torch.float32))
+    base = make_baseline(x, baseline, blur_sigma=blur_sigma)
+    per_step = math.ceil(n_pixels / steps)
+    thresholds = [min(k * per_step, n_pixels) for k in range(steps + 1)]
+
+    # jobs: (image, insert?, k). Deletion k=0 is the input and deletion k=steps the baseline: they are
+    # insertion's k=steps and k=0, so they run once. Steps sharing a threshold (steps > H·W) run once.
+    distinct = [k for k in range(1, steps) if thresholds.index(thresholds[k]) == k]
+    jobs: list[tuple[int, bool, int]] = []
+    for i in range(n):
+        jobs += [(i, False, 0), (i, False, steps)]
+        for k in distinct:
+            jobs += [(i, False, k), (i, True, k)]
+    probs = torch.empty(len(jobs), device=ref.device, dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start:start + batch_size]
+                img = torch.tensor([j[0] for j in chunk], device=ref.device)
+                ins = torch.tensor([j[1] for j in chunk], device=ref.device)
+                thr = torch.tensor([thresholds[j[2]] for j in chunk], device=ref.device)
+                selected = rank[img] < thr[:, None]                      # the most relevant pixels
+                keep_input = (selected == ins[:, None]).view(-1, 1, h, w)
+                xs = torch.where(keep_input, x[img], base[img])
+                logits = model(xs).float()
+                probs[start:start + len(chunk)] = logits.softmax(dim=1).gather(1, target_t[img][:, None])[:, 0]
+    finally:
+        model.train(was_training)
+
+    deletion = torch.empty(n, steps + 1, device=ref.device)
+    insertion = torch.empty(n, steps + 1, device=ref.device)
+    for idx, (i, inserted, k) in enumerate(jobs):
+        if not inserted and k in (0, steps):
+            deletion[i, k] = insertion[i, steps - k] = probs[idx]
+        else:
+            (insertion if inserted else deletion)[i, k] = probs[idx]
+    for k in range(1, steps):
+        k0 = thresholds.index(thresholds[k])
+        if k0 != k:
+            deletion[:, k] = deletion[:, k0]
+            insertion[:, k] = insertion[:, k0]
+    return deletion, insertion
+
+
+def curve_auc(curve: torch.Tensor, *, n_pixels: int | None = None) -> torch.Tensor:
+    """Trapezoidal area of ``(N, steps + 1)`` curves over the fraction of pixels perturbed, ``[0, 1]``.
+
+    With ``n_pixels``, the x positions are the exact fractions
+    ``min(k·ceil(n_pixels/steps), n_pixels)/n_pixels``; without it, ``k/steps``.
+    """
+    steps = curve.shape[1] - 1
+    if steps < 1:
+        raise ValueError("a curve needs at least two points")
+    if n_pixels is None:
+        xs = torch.linspace(0, 1, steps + 1, device=curve.device, dtype=curve.dtype)
+    else:
+        per_step = math.ceil(n_pixels / steps)
+        xs = torch.tensor([min(k * per_step, n_pixels) / n_pixels for k in range(steps + 1)],
+                          device=curve.device, dtype=curve.dtype)
+    return torch.trapezoid(curve, xs, dim=1)
+
+
+def deletion_insertion(model: nn.Module, batch: torch.Tensor, heatmap: torch.Tensor,
+                       target: int | torch.Tensor, *, steps: int = 20, baseline: Baseline = "blur",
+                       blur_sigma: float = 0.04, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image deletion AUC and insertion AUC (each ``(N,)``, in ``[0, 1]``) of ``heatmap`` for ``target``."""
+    deletion, insertion = perturbation_curves(model, batch, heatmap, target, steps=steps, baseline=baseline,
+                                              blur_sigma=blur_sigma, batch_size=batch_size)
+    n_pixels = batch.shape[2] * batch.shape[3]
+    return curve_auc(deletion, n_pixels=n_pixels), curve_auc(insertion, n_pixels=n_pixels)
+
+
+# --- complexity and localisation ---------------------------------------------------------------
+
+def sparseness(heatmap: torch.Tensor) -> torch.Tensor:
+    """Gini index of ``|heatmap|`` per image (``(N,)``, in ``[0, 1]``; 0 = uniform, →1 = one pixel).
+
+    As Quantus ``Sparseness``: the absolute map scaled to a maximum of 1, plus
+    1e-7, sorted ascending: ``Σ (2i − n − 1)·a_i / (n·Σ a_i)``. Accumulated in
+    float64 (float32 on MPS).
+    """
+    if heatmap.ndim < 2:
+        raise ValueError(f"heatmap must be N×…, got shape {tuple(heatmap.shape)}")
+    a = heatmap.reshape(heatmap.shape[0], -1).to(_accumulate_dtype(heatmap.device)).abs()
+    a = a / a.amax(dim=1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+    a = torch.sort(a + 1e-7, dim=1).values
+    n = a.shape[1]
+    i = torch.arange(1, n + 1, device=a.device, dtype=a.dtype)
+    gini = ((2 * i - n - 1) * a).sum(dim=1) / (n * a.sum(dim=1))
+    return gini.float()
+
+
+def _check_mask(heatmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = torch.as_tensor(mask, device=heatmap.device)
+    if tuple(mask.shape) != tuple(heatmap.shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from heatmap shape {tuple(heatmap.shape)}")
+    return mask.reshape(mask.shape[0], -1) > 0
+
+
+def pointing_game(heatmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1.0 where a pixel holding the map's maximum lies inside ``mask``, else 0.0; NaN for an empty mask."""
+    m = _check_mask(heatmap, mask)
+    a = heatmap.reshape(heatmap.shape[0], -1)
+    hit = ((a == a.amax(dim=1, keepdim=True)) & m).any(dim=1).float()
+    return torch.where(m.any(dim=1), hit, torch.full_like(hit, float("nan")))
+
+
+def relevance_mass(heatmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of the map's positive relevance inside ``mask`` (``(N,)`` in ``[0, 1]``).
+
+    NaN for an empty mask or a map without positive relevance.
+    """
+    m = _check_mask(heatmap, mask)
+    a = heatmap.reshape(heatmap.shape[0], -1).to(_accumulate_dtype(heatmap.device)).clamp_min(0)
+    total = a.sum(dim=1)
+    inside = (a * m).sum(dim=1)
+    out = inside / total
+    out = torch.where(m.any(dim=1) & (total > 0), out, torch.full_like(out, float("nan")))
+    return out.float()
+
+
+# --- robustness ------------------------------------------------------------------------------
+
+def max_sensitivity(explainer: Explainer, model: nn.Module, batch: torch.Tensor, target: int | torch.Tensor,
+                    *, samples: int = 3, radius: float = 0.02, reference: torch.Tensor | None = None,
+                    seed: int = 0) -> torch.Tensor:
+    """Max relative change of the map under small uniform input noise (``(N,)``; lower is better).
+
+    Re-runs ``explainer.explain`` on ``samples`` noisy copies of ``batch``
+    (noise ``U(−r, r)``, ``r = radius·(max − min)`` of each image, drawn from a
+    CPU generator seeded with ``seed`` so results do not depend on the device),
+    with ``target`` held fixed. ``reference`` is the map of the clean input
+    (computed when not given). NaN where the reference map is all zero.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if radius <= 0:
+        raise ValueError(f"radius must be > 0, got {radius}")
+    if batch.ndim != 4:
+        raise ValueError(f"batch must be N×C×H×W, got shape {tuple(batch.shape)}")
+    n = batch.shape[0]
+    target_t = _targets(target, n, torch.device("cpu"))
+    if reference is None:
+        reference = explainer.explain(model, batch, target_t).heatmap
+    _check_heatmap(batch, reference)
+    ref = reference.detach().to("cpu", torch.float64).reshape(n, -1)
+    ref_norm = ref.norm(dim=1)
+    span = (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3))).to("cpu", torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    worst = torch.zeros(n, dtype=torch.float64)
+    for _ in range(samples):
+        noise = (torch.rand(batch.shape, generator=gen) * 2 - 1) * (radius * span).view(-1, 1, 1, 1)
+        noisy = batch + noise.to(batch.device, batch.dtype)
+        other = explainer.explain(model, noisy, target_t).heatmap.to("cpu", torch.float64).reshape(n, -1)
+        worst = torch.maximum(worst, (other - ref).norm(dim=1) / ref_norm)
+    worst = torch.where(ref_norm > 0, worst, torch.full_like(worst, float("nan")))
+    return worst.float()
+
+
+# --- one call for the node -------------------------------------------------------------------
+
+def compute_quality(model: nn.Module, batch: torch.Tensor, explanation: Explanation, *,
+                    mask: torch.Tensor | None = None, explainer: Explainer | None = None,
+                    steps: int = 20, baseline: Baseline = "blur", blur_sigma: float = 0.04,
+                    batch_size: int = 16, sensitivity_samples: int = 3,
+                    sensitivity_radius: float = 0.02) -> list[QualityScores]:
+    """All quality scores of ``explanation`` (of ``batch``), one :class:`QualityScores` per image.
+
+    ``mask`` (``N×H×W``, model-input resolution, nonzero = lesion) enables the
+    localisation scores; an image whose mask is empty gets none. ``explainer``
+    (the object that made ``explanation``) enables max-sensitivity, which
+    re-runs it ``sensitivity_samples`` times (0 disables it).
+    """
+    heatmap = explanation.heatmap
+    _check_heatmap(batch, heatmap)
+    ref = _model_ref(model)
+    target = explanation.target.to(ref.device)
+    deletion, insertion = deletion_insertion(model, batch, heatmap, target, steps=steps, baseline=baseline,
+                                             blur_sigma=blur_sigma, batch_size=batch_size)
+    hm = heatmap.to(ref.device, torch.float32)
+    sparse = sparseness(hm)
+    n = batch.shape[0]
+    nan = torch.full((n,), float("nan"))
+    pointing = relevance = nan
+    if mask is not None:
+        mask_t = torch.as_tensor(mask).to(ref.device)
+        pointing = pointing_game(hm, mask_t).cpu()
+        relevance = relevance_mass(hm, mask_t).cpu()
+    sensitivity = nan
+    if explainer is not None and sensitivity_samples > 0:
+        sensitivity = max_sensitivity(explainer, model, batch, explanation.target, samples=sensitivity_samples,
+                                      radius=sensitivity_radius, reference=heatmap, seed=int(explainer.params.get(
+                                          "seed", 0)))
+
+    def opt(value: torch.Tensor) -> float | None:
+        v = float(value)
+        return v if math.isfinite(v) else None
+
+    deletion, insertion, sparse = deletion.cpu(), insertion.cpu(), sparse.cpu()
+    return [QualityScores(deletion_auc=float(deletion[i]), insertion_auc=float(insertion[i]),
+                          faithfulness=float(insertion[i] - deletion[i]), sparseness=float(sparse[i]),
+                          max_sensitivity=opt(sensitivity[i]), pointing_game=opt(pointing[i]),
+                          relevance_mass=opt(relevance[i]))
+            for i in range(n)]
+
+
+def score_explanation(model: nn.Module, batch: torch.Tensor, explanation: Explanation, *,
+                      mask: torch.Tensor | None = None, explainer: Explainer | None = None,
+                      **options: Any) -> list[dict[str, float]]:
+    """:func:`compute_quality` as one ``{score name: value}`` dict per image (for the SR / JSON).
+
+    Scores that do not apply (no mask, no explainer, NaN) are left out;
+    ``options`` are :func:`compute_quality`'s keyword arguments.
+    """
+    return [s.as_dict() for s in compute_quality(model, batch, explanation, mask=mask, explainer=explainer,
+                                                 **options)]
+
+
+# --- sanity: model-parameter randomisation ---------------------------------------------------
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of a 1-D tensor, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
+    flat = values.reshape(-1)
+    sorted_vals, order = torch.sort(flat, stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_vals, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(torch.float64)
+    averages = ends - (counts.to(torch.float64) - 1) / 2
+    ranks = torch.empty(flat.shape, dtype=torch.float64, device=flat.device)
+    ranks[order] = averages[inverse]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per image of two ``(N, …)`` maps (``(N,)``; NaN for a constant map)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    out = []
+    for x, y in zip(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)):
+        rx, ry = average_ranks(x.double()), average_ranks(y.double())
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        denom = rx.norm() * ry.norm()
+        out.append((rx @ ry) / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64))
+    return torch.stack(out).float()
+
+
+def _parametrised_children(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level children that hold parameters, in forward-definition order."""
+    return [(name, child) for name, child in model.named_children()
+            if any(True for _ in child.parameters())]
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Module]:
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            for name, module in model.named_modules():
+                if module is head:
+                    return name, head
+    children = _parametrised_children(model)
+    if not children:
+        raise ValueError("model has no parametrised layer to randomise")
+    return children[-1]
+
+
+def _reset(module: nn.Module) -> None:
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        reset_stats = getattr(sub, "reset_running_stats", None)
+        if callable(reset_stats):
+            reset_stats()
+
+
+def randomisation_sanity(model: nn.Module, explainer: Explainer, batch: torch.Tensor,
+                         target: int | torch.Tensor | None = None, *,
+                         layers: Literal["head", "all", "cascade"] = "head", seed: int = 42,
+                         threshold: float = 0.5) -> dict[str, Any]:
+    """Model-parameter-randomisation test: how much ``explainer``'s map changes when the model is randomised.
+
+    A copy of ``model`` is re-initialised (``reset_parameters()`` under
+    ``torch.manual_seed(seed)``): ``"head"`` the classifier only, ``"all"``
+    every layer, ``"cascade"`` top-level parametrised blocks one after another
+    from the output down (Adebayo et al. 2018), scoring after each. The
+    explained class is held fixed. Returns ``{"method", "layers", "steps":
+    [{"randomised": [names], "spearman": [per image], "mean": float}],
+    "spearman_mean" (of the last step), "passed" (``spearman_mean < threshold``)}``
+    — a method that passes depends on the learned parameters.
+    """
+    if layers not in ("head", "all", "cascade"):
+        raise ValueError(f"layers must be 'head', 'all' or 'cascade', got {layers!r}")
+    ref = _model_ref(model)
+    batch = batch.to(ref.device, ref.dtype)
+    original = explainer.explain(model, batch, target)
+    fixed_target = original.target
+    randomised = copy.deepcopy(model)
+    if layers == "head":
+        plan = [[_head(randomised)]]
+    elif layers == "all":
+        plan = [[("(all)", randomised)]]
+    else:
+        plan = [[child] for child in reversed(_parametrised_children(randomised))]
+    steps: list[dict[str, Any]] = []
+    done: list[str] = []
+    with torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for group in plan:
+            for name, module in group:
+                _reset(module)
+                done.append(name)
+            after = explainer.explain(randomised, batch, fixed_target)
+            rho = spearman(original.heatmap.abs(), after.heatmap.abs())
+            finite = rho[torch.isfinite(rho)]
+            steps.append({"randomised": list(done), "spearman": [float(r) for r in rho],
+                          "mean": float(finite.mean()) if finite.numel() else float("nan")})
+    last = steps[-1]["mean"]
+    return {"method": explainer.name, "layers": layers, "steps": steps, "spearman_mean": last,
+            "passed": bool(math.isfinite(last) and last < threshold)}
+
+
+def summarise(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite ``values``."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return float("nan"), float("nan"), 0
+    mean = sum(finite) / len(finite)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+    return mean, sd, len(finite)

@@ -1,0 +1,48 @@
+"""``mammoxai jobs [list|failed|show|retry] [IDS...] [--all-failed]``: inspect the queue, re-send failed jobs.
+
+Works while the server runs (SQLite WAL: readers and one writer at a time);
+a re-queued job is picked up by the running server, or by the next
+``mammoxai serve`` / ``serve --once``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import Settings
+from .queue import QueueError, JobQueue
+from .spool import Spool
+
+
+def main_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """Print jobs (``list``: all; ``failed``: failed and dead; ``show``: full rows) or re-queue them (``retry``)."""
+    spool = Spool(settings.node.spool_dir)
+    queue = JobQueue(spool.database)
+    try:
+        action = args.action
+        ids = list(args.job_ids or [])
+        if action == "retry":
+            if getattr(args, "all_failed", False):
+                ids += [j.id for j in queue.list(["failed", "dead"])]
+            if not ids:
+                raise QueueError("jobs retry: name job ids or use --all-failed")
+            done = queue.retry(sorted(set(ids)))
+            print(f"re-queued {len(done)} job(s): {' '.join(map(str, done))}")
+            return 0
+        if action == "show":
+            if not ids:
+                raise QueueError("jobs show: name at least one job id")
+            for job_id in ids:
+                print(json.dumps(queue.get(job_id).__dict__, indent=2, default=str))
+            return 0
+        jobs = queue.list(["failed", "dead"] if action == "failed" else None)
+        if ids:
+            jobs = [j for j in jobs if j.id in ids]
+        for job in jobs:
+            print(job.describe())
+        counts = queue.counts()
+        print("total: " + ", ".join(f"{s}={n}" for s, n in counts.items()))
+        return 0
+    finally:
+        queue.close()

