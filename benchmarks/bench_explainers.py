@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -103,6 +104,15 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _hwm_bytes() -> int:
+    """Peak RSS of this process's address space (VmHWM; unlike ru_maxrss, not inherited over fork/exec)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 class PeakMemory:
     """Peak memory above the start while the block runs: RSS (sampled) on CPU, allocated bytes on CUDA."""
 
@@ -140,15 +150,24 @@ class PeakMemory:
             self.peak_mb = (self._peak - self._start) / 2**20
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tuple[float, Any]:
-    """Best wall time of ``repeats`` calls of ``fn`` (synchronised on CUDA) and the last result."""
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1,
+          short_s: float = 1.0, short_repeats: int = 3) -> tuple[float, Any]:
+    """Best wall time of ``repeats`` calls of ``fn`` (synchronised on CUDA) and the last result.
+
+    A call shorter than ``short_s`` is repeated up to ``short_repeats`` times in all (timer
+    noise and first-shape kernel selection dominate short calls); ours and the
+    references get the same rule.
+    """
     best, result = math.inf, None
-    for _ in range(repeats):
+    calls = 0
+    while calls < repeats or (best < short_s and calls < max(repeats, short_repeats)):
+        calls += 1
         sync(device)
         start = time.perf_counter()
         result = fn()
         sync(device)
         best = min(best, time.perf_counter() - start)
+    timed.calls = calls  # type: ignore[attr-defined]  # how many calls the last timing made
     return best, result
 
 
@@ -180,8 +199,8 @@ def model_costs(model: nn.Module, x: torch.Tensor, device: torch.device, autocas
         try:
             fwd()
             fwd_bwd()
-            t_f, _ = timed(fwd, device, repeats=3)
-            t_fb, _ = timed(fwd_bwd, device, repeats=3)
+            t_f, _ = timed(fwd, device, repeats=5)
+            t_fb, _ = timed(fwd_bwd, device, repeats=5)
         except RuntimeError as exc:  # out of memory at a large batch: stop there
             if "out of memory" not in str(exc).lower():
                 raise
@@ -238,7 +257,7 @@ def _pert_baseline(x: torch.Tensor, explainer: xai.Explainer) -> torch.Tensor | 
 
 
 def references(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-               explainer: xai.Explainer, ours_extras: dict[str, Any]) -> list[tuple[str, Callable[[], Any]]]:
+               explainer: xai.Explainer) -> list[tuple[str, Callable[[], Any]]]:
     """``(name, run)`` for each reference library of ``method``, configured to the explainer's parameters."""
     p = explainer.params
     bs = p["batch_size"]
@@ -291,58 +310,65 @@ def references(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
                 x, sliding_window_shapes=(c, p["patch"], p["patch"]), strides=(c, p["stride"], p["stride"]),
                 baselines=base, target=target, perturbations_per_eval=bs)))
         elif method in ("lime", "kernel_shap"):
-            refs += _superpixel_refs(method, ref, x, target, explainer, ours_extras)
+            refs += _superpixel_refs(method, ref, x, target, explainer)
     if method == "lrp":
         refs.append(("zennit", _zennit_runner(model, x, target, explainer)))
     return refs
 
 
-def _superpixel_refs(method: str, ref: nn.Module, x: torch.Tensor, target: torch.Tensor, explainer: xai.Explainer,
-                     extras: dict[str, Any]) -> list[tuple[str, Callable[[], Any]]]:
-    """captum Lime/KernelShap and lime / shap on our superpixels (first image), same samples and batch size."""
+def _superpixel_refs(method: str, ref: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                     explainer: xai.Explainer) -> list[tuple[str, Callable[[], Any]]]:
+    """captum Lime/KernelShap and lime / shap on our SLIC superpixels of the first image, same samples and
+    forward batch size. Each run includes the segmentation (and the hidden image), as ours does."""
     import captum.attr as ca
 
-    from mammoxai.explainers._pert_common import compose_from_presence, hidden_image
+    from mammoxai.explainers._pert_common import compose_from_presence, hidden_image, superpixels
 
     p = explainer.params
     bs = p["batch_size"]
-    segments = extras["segments"][0].to(x.device)
     x0 = x[:1]
-    hidden = hidden_image(x0[0], segments, p["hide_color"])
     fn = _score_fn(ref, p["score"])
     t0 = int(target[0])
-    feature_mask = segments[None, None].expand_as(x0)
-    m = int(segments.max()) + 1
-    refs: list[tuple[str, Callable[[], Any]]] = []
-    if method == "lime":
-        refs.append(("captum", lambda: ca.Lime(fn).attribute(
-            x0, target=t0, baselines=hidden[None], feature_mask=feature_mask, n_samples=p["samples"],
-            perturbations_per_eval=bs)))
 
+    def segment() -> tuple[torch.Tensor, torch.Tensor]:
+        segments = superpixels(x0[0], p["n_segments"], p["compactness"], p["slic_sigma"]).to(x.device)
+        return segments, hidden_image(x0[0], segments, p["hide_color"])
+
+    refs: list[tuple[str, Callable[[], Any]]] = []
+    cls = ca.Lime if method == "lime" else ca.KernelShap
+
+    def run_captum():
+        segments, hidden = segment()
+        return cls(fn).attribute(x0, target=t0, baselines=hidden[None], feature_mask=segments[None, None].expand_as(
+            x0), n_samples=p["samples"], perturbations_per_eval=bs)
+
+    refs.append(("captum", run_captum))
+    if method == "lime":
         def run_lime():
             from lime import lime_image
 
             image = x0[0, 0].detach().cpu().double().numpy()
-            seg_np = segments.cpu().numpy()
 
             def classifier_fn(images: np.ndarray) -> np.ndarray:
                 batch = torch.from_numpy(images[..., 0]).to(x0.device, x0.dtype)[:, None]
                 with torch.no_grad():
                     return fn(batch).float().cpu().numpy()
 
+            def segmentation_fn(_img: np.ndarray) -> np.ndarray:
+                return segment()[0].cpu().numpy()
+
             explainer_ = lime_image.LimeImageExplainer(kernel_width=p["kernel_width"], random_state=0)
             return explainer_.explain_instance(image, classifier_fn, labels=(t0,), top_labels=None,
                                                hide_color=None, num_samples=p["samples"], batch_size=bs,
-                                               segmentation_fn=lambda _img: seg_np, progress_bar=False)
+                                               segmentation_fn=segmentation_fn)
 
         refs.append(("lime", run_lime))
     else:
-        refs.append(("captum", lambda: ca.KernelShap(fn).attribute(
-            x0, target=t0, baselines=hidden[None], feature_mask=feature_mask, n_samples=p["samples"],
-            perturbations_per_eval=bs)))
-
         def run_shap():
             import shap
+
+            segments, hidden = segment()
+            m = int(segments.max()) + 1
 
             def f(z: np.ndarray) -> np.ndarray:
                 presence = torch.from_numpy(z).to(x0.device, torch.float32)
@@ -430,33 +456,38 @@ def method_params(method: str, args: argparse.Namespace, extra: dict[str, dict[s
 
 def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Tensor, device: torch.device,
                args: argparse.Namespace, costs: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Time ``method`` (after one untimed warm-up run), count its passes, time its references likewise."""
     params = method_params(method, args, extra)
     explainer = xai.create(method, **params)
     record: dict[str, Any] = {"method": method, "parameters": {k: v for k, v in explainer.params.items()
                                                                  if not isinstance(v, (list, tuple))}}
-    counter = PassCounter(model)
     try:
-        with PeakMemory(device) as mem:
-            seconds, explanation = timed(lambda: explainer.explain(model, x, target), device, args.repeats)
+        explainer.explain(model, x, target)          # warm-up, as the references get
+        counter = PassCounter(model)
+        try:
+            with PeakMemory(device) if device.type == "cuda" else contextlib.nullcontext() as mem:
+                seconds, _ = timed(lambda: explainer.explain(model, x, target), device, args.repeats)
+        finally:
+            counter.close()
     except xai.ExplainerNotApplicable as exc:
         record["error"] = f"not applicable: {exc.reason}"
         return record
     except Exception as exc:  # noqa: BLE001 - report it and go on
-        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        if args.debug:
+            traceback.print_exc()
         return record
-    finally:
-        counter.close()
-    runs = args.repeats
+    runs = timed.calls  # type: ignore[attr-defined]
     fwd, bwd = counter.forward_images / runs, counter.backward_images / runs
     limit = fwd * costs["t_fwd"] + bwd * costs["t_bwd"]
     record.update(seconds=seconds, seconds_per_image=seconds / x.shape[0], forward_images=fwd, backward_images=bwd,
-                  limit_seconds=limit, limit_ratio=seconds / limit if limit > 0 else None,
-                  peak_mb=mem.peak_mb)
+                  limit_seconds=limit, limit_ratio=seconds / limit if limit > 0 else None)
+    if mem is not None:
+        record["memory"] = {"input": {"increase_mb": mem.peak_mb}}
     if not args.no_references:
         record["references"] = []
-        extras = explanation.extras
         try:
-            refs = references(method, model, x, target, explainer, extras)
+            refs = references(method, model, x, target, explainer)
         except Exception as exc:  # noqa: BLE001
             refs = []
             record["references"].append({"library": "?", "error": f"{type(exc).__name__}: {exc}"})
@@ -477,29 +508,64 @@ def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
     return record
 
 
-def memory_at(method: str, model: nn.Module, size: int, device: torch.device, args: argparse.Namespace,
-              extra: dict[str, dict[str, Any]]) -> float | str:
-    """Peak memory (MB) of ``method`` on one ``size``×``size`` input, sample counts capped."""
+def probe_params(method: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]], cap: int) -> dict[str, Any]:
+    """The method's parameters, sample counts capped at ``cap`` (0: not capped)."""
     params = method_params(method, args, extra)
     cls = xai.explainer_class(method)
-    for key in ("samples", "n_masks", "steps"):
-        cap = args.memory_samples
-        if key in cls.defaults:
-            params[key] = min(params.get(key, cls.defaults[key]), cap)
-    if "patch" in cls.defaults:
-        params.setdefault("patch", 64)
-        params.setdefault("stride", 64)
-    explainer = xai.create(method, **params)
-    x = torch.randn(1, args.in_chans, size, size, device=device)
-    try:
-        with PeakMemory(device) as mem:
-            explainer.explain(model, x, 0)
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    finally:
-        if device.type == "cuda":
+    if cap > 0:
+        for key in ("samples", "n_masks", "steps"):
+            if key in cls.defaults:
+                params[key] = min(params.get(key, cls.defaults[key]), cap)
+    return params
+
+
+def memory_probe(args: argparse.Namespace) -> int:
+    """Child process: run one method once at one size and print its peak RSS as JSON (CPU memory)."""
+    device = torch.device(args.device)
+    extra = json.loads(args.params)
+    model, x1, _, _ = build_model(args, device)
+    size = args.probe_size
+    x = x1 if size == 0 else torch.randn(1, x1.shape[1], size, size, device=device)
+    explainer = xai.create(args.probe, **probe_params(args.probe, args, extra, args.probe_cap))
+    with torch.no_grad():
+        model(x)
+    before = _rss_bytes() / 2**20
+    explainer.explain(model, x, 0)
+    peak = _hwm_bytes() / 2**20
+    print(json.dumps({"baseline_mb": before, "peak_rss_mb": peak, "increase_mb": peak - before}))
+    return 0
+
+
+def memory_at(method: str, model: nn.Module, x1: torch.Tensor, size: int, device: torch.device,
+              args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> dict[str, Any] | str:
+    """Peak memory of ``method`` on one image: ``size`` 0 = the model's input (its own sample counts),
+    else ``size``×``size`` with sample counts capped at ``--memory-samples``.
+
+    CPU: a fresh child process (peak RSS, and its increase over the RSS after loading the model);
+    CUDA: in process, peak allocated above the pre-call allocation.
+    """
+    cap = 0 if size == 0 else args.memory_samples
+    if device.type == "cuda":
+        x = x1 if size == 0 else torch.randn(1, x1.shape[1], size, size, device=device)
+        explainer = xai.create(method, **probe_params(method, args, extra, cap))
+        try:
+            with PeakMemory(device) as mem:
+                explainer.explain(model, x, 0)
+        except Exception as exc:  # noqa: BLE001
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        finally:
             torch.cuda.empty_cache()
-    return mem.peak_mb
+        return {"increase_mb": mem.peak_mb}
+    forward = [a for a in sys.argv[1:]]
+    cmd = [sys.executable, str(Path(__file__).resolve()), *forward, "--probe", method, "--probe-size", str(size),
+           "--probe-cap", str(cap)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.probe_timeout)
+    except subprocess.TimeoutExpired:
+        return f"timeout > {args.probe_timeout} s"
+    if done.returncode != 0:
+        return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1][:120]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -536,20 +602,30 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = f"{r['limit_ratio']:.2f}" if r["limit_ratio"] is not None else "–"
         lines.append(f"| {r['method']} | {r['seconds_per_image']:.3f} | {r['forward_images']:.0f} | "
                      f"{r['backward_images']:.0f} | {r['limit_seconds']:.3f} | {ratio} |")
-    mem_label = "peak allocated CUDA MB" if result["machine"]["device"].startswith("cuda") else "peak RSS increase MB"
+    cuda = result["machine"]["device"].startswith("cuda")
+    mem_label = "peak allocated CUDA MB above the start" if cuda else \
+        "peak RSS of a fresh process, MB (increase over the RSS with the model loaded)"
     sizes = result.get("memory_sizes", [])
-    lines += ["", f"## Memory ({mem_label}; sample counts capped at {result['memory_samples']} "
-                  f"for the larger sizes)", "",
-              "| method | " + " | ".join(["timed run"] + [f"{s}×{s}" for s in sizes]) + " |",
+    lines += ["", f"## Memory ({mem_label})", "",
+              f"Model input: the method's own sample counts; larger sizes: sample counts capped at "
+              f"{result['memory_samples']} (memory depends on the forward batch, {result['batch_size']}, "
+              "not on the number of batches).", "",
+              "| method | " + " | ".join(["model input"] + [f"{s}×{s}" for s in sizes]) + " |",
               "|---|" + "---|" * (len(sizes) + 1)]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, dict):
+            if "peak_rss_mb" in v:
+                return f"{v['peak_rss_mb']:.0f} (+{v['increase_mb']:.0f})"
+            return f"{v['increase_mb']:.0f}"
+        return str(v)[:40] if v is not None else "–"
+
     for r in result["methods"]:
         if "error" in r:
             continue
-        cells = [f"{r['peak_mb']:.0f}"]
-        for s in sizes:
-            v = r.get("memory", {}).get(str(s))
-            cells.append(f"{v:.0f}" if isinstance(v, (int, float)) else (str(v)[:40] if v is not None else "–"))
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+        mem = r.get("memory", {})
+        lines.append(f"| {r['method']} | " + " | ".join(cell(mem.get(k)) for k in ["input", *map(str, sizes)])
+                     + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -574,8 +650,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=20_000_000, help="phantom seed of the input")
-    p.add_argument("--out", type=Path, required=True, help="output path prefix: writes OUT.json and OUT.md")
+    p.add_argument("--out", type=Path, default=None, help="output path prefix: writes OUT.json and OUT.md")
+    p.add_argument("--cost-batch-sizes", type=int, nargs="*", default=None,
+                   help="batch sizes for the model's best per-image time (default: 1 4 16 [64 on CUDA])")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory table")
+    p.add_argument("--probe-timeout", type=int, default=300, help="seconds per CPU memory probe")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--probe", help=argparse.SUPPRESS)
+    p.add_argument("--probe-size", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--probe-cap", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -584,8 +667,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.probe:
+        return memory_probe(args)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_explainers: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.out is None:
+        print("bench_explainers: --out is required", file=sys.stderr)
         return 2
     extra = json.loads(args.params)
     model, x1, desc, meta = build_model(args, device)
@@ -598,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench_explainers: unknown method(s) {unknown}; available: {xai.available()}", file=sys.stderr)
         return 2
-    batch_sizes = [1, 4, 16, 64] if device.type == "cuda" else [1, 4, 16]
+    batch_sizes = args.cost_batch_sizes or ([1, 4, 16, 64] if device.type == "cuda" else [1, 4, 16])
     costs = model_costs(model, x1, device, args.autocast, batch_sizes)
     result: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
@@ -615,8 +703,12 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         print(f"[bench] {method} ...", file=sys.stderr, flush=True)
         record = run_method(method, model, x, target, device, args, costs, extra)
-        if "error" not in record:
-            record["memory"] = {str(s): memory_at(method, model, s, device, args, extra) for s in args.memory_sizes}
+        if "error" not in record and not args.no_memory:
+            memory = record.setdefault("memory", {})
+            if device.type != "cuda":
+                memory["input"] = memory_at(method, model, x1, 0, device, args, extra)
+            for size in args.memory_sizes:
+                memory[str(size)] = memory_at(method, model, x1, size, device, args, extra)
         result["methods"].append(record)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{args.out}.json").write_text(json.dumps(result, indent=2, default=str))

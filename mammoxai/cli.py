@@ -109,8 +109,11 @@ def _resolve(spec: str) -> Callable[..., int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The node logs a line per job; offline commands print their own results and log warnings only.
+    level = logging.DEBUG if args.debug else logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied module at INFO
     try:
         from .config import load_settings
 

@@ -19,7 +19,6 @@ import numpy as np
 import pydicom
 import torch
 
-from . import __version__
 from .config import Settings, SettingsError
 from .dicom_io import (
     DicomReadError,
@@ -31,7 +30,7 @@ from .dicom_io import (
     write_results,
     write_study_summary,
 )
-from .dicom_io.results import AlgorithmInfo, ImageResult, MethodMap
+from .dicom_io.results import ImageResult, MethodMap
 from .errors import MammoxaiError
 from .explainers import Explainer, Explanation, create, explainer_class, run_explainers
 from .explainers.quality import score_explanation
@@ -86,19 +85,6 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
     return explainers
 
 
-def algorithm_info(classifier: Classifier) -> AlgorithmInfo:
-    """The model as named in the SR and Contributing Equipment."""
-    meta = classifier.metadata
-    return AlgorithmInfo(
-        name=meta.description or f"{meta.architecture} classifier",
-        version=meta.version,
-        checkpoint_sha256=classifier.checkpoint_sha256,
-        architecture=meta.architecture,
-        software_version=__version__,
-        intended_use=meta.intended_use,
-    )
-
-
 class Pipeline:
     """Model, explainers and writers, loaded once."""
 
@@ -115,7 +101,7 @@ class Pipeline:
                                 f"{list(meta.class_names)}")
         self.positive_index = list(meta.class_names).index(settings.model.positive_class)
         self.explainers = build_explainers(settings, self.classifier)
-        self.algorithm = algorithm_info(self.classifier)
+        self.algorithm = self.classifier.algorithm_info()
 
     @property
     def gpu_present(self) -> bool:
@@ -262,7 +248,7 @@ def _png_mammogram(path: Path, image: np.ndarray) -> Mammogram:
     pixels = image.astype(np.float32)
     top = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else max(float(pixels.max()), 1e-6)
     ds = pydicom.Dataset()
-    ds.SOPInstanceUID = path.name
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # a PNG has none; used only in error messages
     return Mammogram(dataset=ds, pixels=np.clip(pixels / top, 0.0, 1.0), laterality=None, view=None)
 
 
@@ -327,16 +313,19 @@ def main_explain(args: Any, settings: Settings) -> int:
         overrides["device"] = args.device
     for key, value in overrides.items():
         setattr(settings.model, key, value)
-    for path in args.files:
+    pngs_in: dict[Path, np.ndarray] = {}
+    for path in args.files:  # bad input fails before the model is loaded
         if not path.is_file():
             raise MammoxaiError(f"{path}: no such file")
+        if path.suffix.lower() == ".png":
+            pngs_in[path] = load_png(path)
     pipeline = Pipeline(settings)
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in args.files:
         stem = path.stem
-        if path.suffix.lower() == ".png":
-            image = load_png(path)
+        if path in pngs_in:
+            image = pngs_in[path]
             item = pipeline.analyse_array(image, path=path)
             item.mammogram = _png_mammogram(path, image)
         else:

@@ -3,6 +3,11 @@
 Reading side: :func:`read_mammogram` -> :class:`Mammogram`; header triage with
 :func:`is_mammogram` / :func:`classify_dataset`; :func:`write_phantom_dicom` writes a
 standard Digital Mammography X-Ray Image for tests and demos.
+
+Writing side: :func:`write_results` turns an :class:`~mammoxai.dicom_io.results.ImageResult`
+into the objects chosen in ``[output]`` (Secondary Capture overlays and montage, TID 1500
+SR, FRACTIONAL Segmentation, GSPS); :func:`write_study_summary` makes the study-level SR;
+:func:`is_our_output` recognises what we wrote (loop prevention).
 """
 
 from .classify import Classification, DatasetKind, classify_dataset, is_mammogram
@@ -10,10 +15,21 @@ from .errors import DicomReadError, NotAMammogramError, UnsupportedMammogramErro
 from .mammogram import Mammogram
 from .read_orientation import conventional_patient_orientation
 from .reader import read_mammogram
+from .results import AlgorithmInfo, ImageResult, MethodMap
 from .synthetic import WRITABLE_TRANSFER_SYNTAXES, write_phantom_dicom
+from .write_errors import DicomWriteError
+from .writers import is_our_output, select_sc_methods, write_results, write_study_summary
 
 __all__ = [
+    "AlgorithmInfo",
     "Classification",
+    "DicomWriteError",
+    "ImageResult",
+    "MethodMap",
+    "is_our_output",
+    "select_sc_methods",
+    "write_results",
+    "write_study_summary",
     "DatasetKind",
     "DicomReadError",
     "Mammogram",

@@ -19,9 +19,11 @@ object that uses it lists it in the Coding Scheme Identification Sequence
 ``MXAI-RMEAN``            Mean normalised attribution in a region (unit ``1``)
 ``MXAI-RMASS``            Fraction of the map's positive attribution in a region
 ``MXAI-EXPLFAIL``         Explanation method failed (TEXT: "method: reason")
-``MXAI-CLASS``            Predicted class without a SNOMED CT concept
 ``MXAI-ATTRIB``           Attribution map (SEG segmented property type)
 ``MXAI-BREASTMAX``        Highest probability of malignancy of one breast
+``MXAI-SECONDS``          Computation time of an explanation (unit UCUM ``s``)
+``MXAI-P-<hash>``         Probability of another class (meaning names the class)
+``MXAI-CL-<hash>``        A class name without a SNOMED CT concept
 ========================  =====================================================
 
 Unknown method / score names get a code derived from the name
@@ -136,6 +138,11 @@ def class_code(name: str) -> CodedConcept:
     if low in {"benign"}:
         return BENIGN
     return private(_hashed("MXAI-CL-", name), name)
+
+
+def class_probability_code(name: str) -> CodedConcept:
+    """The 99MAMMOXAI code of "Probability of <class>" for a class other than the positive one."""
+    return private(_hashed("MXAI-P-", name), f"Probability of {name}")
 
 
 def laterality_code(laterality: str | None) -> CodedConcept | None:

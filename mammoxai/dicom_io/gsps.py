@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config.settings import OutputSettings
 from .mammogram import Mammogram
-from .provenance import contributing_equipment, finish
+from .provenance import contributing_equipment, copied_names_quietly, finish
 from .regions import HotRegion
 from .render import DISCLAIMER
 from .results import ImageResult
@@ -81,28 +81,29 @@ def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings
                                        bounding_box=(0.01, 0.95, 0.99, 0.995))]))
     layers.append(info)
     inverse = str(source.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=[source],
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=output.manufacturer,
-        manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
-        software_versions=result.algorithm.software_version or "unknown",
-        device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
-        content_label="MAMMOXAI",
-        content_description=f"mammoxai hot regions of {len(regions)} explanation methods"[:64],
-        graphic_annotations=annotations,
-        graphic_layers=layers,
-        institution_name=output.institution_name,
-        presentation_lut_transformation=hd.PresentationLUTTransformation(
-            presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE if inverse
-            else hd.PresentationLUTShapeValues.IDENTITY),
-        contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
-                                                       output.institution_name)],
-        series_description=series.series_description,
-    )
+    with copied_names_quietly():
+        gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=[source],
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=output.manufacturer,
+            manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
+            software_versions=result.algorithm.software_version or "unknown",
+            device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
+            content_label="MAMMOXAI",
+            content_description=f"mammoxai hot regions of {len(regions)} explanation methods"[:64],
+            graphic_annotations=annotations,
+            graphic_layers=layers,
+            institution_name=output.institution_name,
+            presentation_lut_transformation=hd.PresentationLUTTransformation(
+                presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE if inverse
+                else hd.PresentationLUTShapeValues.IDENTITY),
+            contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
+                                                           output.institution_name)],
+            series_description=series.series_description,
+        )
     if mammogram.laterality in ("L", "R"):
         gsps.Laterality = mammogram.laterality
     rotation, flip = 0, False

@@ -17,7 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import warnings
+from typing import Iterator
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -104,3 +107,14 @@ def source_image_item(source: Dataset, purpose: tuple[str, str, str] | None = No
         code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = purpose
         item.PurposeOfReferenceCodeSequence = [code]
     return item
+
+
+@contextlib.contextmanager
+def copied_names_quietly() -> Iterator[None]:
+    """Silence highdicom's "unlikely to represent the intended person name" warning while building.
+
+    The names are the source's (e.g. CBIS-DDSM's single-component ones), copied unchanged.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        yield

@@ -45,17 +45,14 @@ class HotRegion:
 
 
 def _block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor × factor`` blocks (the last row/column of blocks may be smaller)."""
     if factor <= 1:
         return arr
     h, w = arr.shape
-    hh, ww = -(-h // factor) * factor, -(-w // factor) * factor
-    padded = np.zeros((hh, ww), dtype=np.float64)
-    padded[:h, :w] = arr
-    counts = np.zeros((hh, ww), dtype=np.float64)
-    counts[:h, :w] = 1.0
-    sums = padded.reshape(hh // factor, factor, ww // factor, factor).sum(axis=(1, 3))
-    n = counts.reshape(hh // factor, factor, ww // factor, factor).sum(axis=(1, 3))
-    return (sums / n).astype(np.float32)
+    r_idx, c_idx = np.arange(0, h, factor), np.arange(0, w, factor)
+    sums = np.add.reduceat(np.add.reduceat(arr, r_idx, axis=0, dtype=np.float64), c_idx, axis=1)
+    counts = np.outer(np.diff(np.append(r_idx, h)), np.diff(np.append(c_idx, w)))
+    return (sums / counts).astype(np.float32)
 
 
 def find_hot_regions(heatmap: np.ndarray, *, threshold: float = 0.5, max_regions: int = 3) -> list[HotRegion]:

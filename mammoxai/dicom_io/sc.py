@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit, ExplicitVRLittleEndian
 
 from ..config.settings import OutputSettings
 from . import render
 from .mammogram import Mammogram
 from .orientation import display_orientation
-from .provenance import contributing_equipment, finish, source_image_item
+from .provenance import contributing_equipment, copied_names_quietly, finish, source_image_item
 from .results import ImageResult, MethodMap
 from .series import SeriesInfo, series_info
 from .write_errors import DicomWriteError
@@ -43,27 +42,29 @@ def build_sc(mammogram: Mammogram, page: np.ndarray, result: ImageResult, output
     source = mammogram.dataset
     orientation = display_orientation(mammogram)
     transfer_syntax, photometric = _transfer_syntax(output)
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=np.ascontiguousarray(page),
-        photometric_interpretation=photometric,
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        manufacturer=output.manufacturer,
-        laterality=mammogram.laterality if mammogram.laterality in ("L", "R") else None,
-        patient_orientation=orientation or ("A", "F"),
-        transfer_syntax_uid=transfer_syntax,
-        contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
-                                                       output.institution_name)],
-        series_description=series.series_description,
-        institution_name=output.institution_name,
-    )
-    if orientation is None:           # Type 2C: unknown orientation is sent empty
-        sc.PatientOrientation = ""
+    with copied_names_quietly():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=np.ascontiguousarray(page),
+            photometric_interpretation=photometric,
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=output.manufacturer,
+            laterality=mammogram.laterality if mammogram.laterality in ("L", "R") else None,
+            # highdicom accepts one letter per direction only: oblique values ("FL") are set below
+            patient_orientation=(orientation[0][0], orientation[1][0]) if orientation else ("A", "F"),
+            transfer_syntax_uid=transfer_syntax,
+            contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
+                                                           output.institution_name)],
+            series_description=series.series_description,
+            institution_name=output.institution_name,
+        )
+    # Type 2C: unknown orientation is sent empty
+    sc.PatientOrientation = list(orientation) if orientation else ""
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
     if "BodyPartExamined" in source:

@@ -37,7 +37,7 @@ from ..config.settings import OutputSettings
 from . import codes
 from .mammogram import Mammogram
 from .orientation import stored_orientation
-from .provenance import contributing_equipment, finish
+from .provenance import contributing_equipment, copied_names_quietly, finish
 from .render import normalise_map
 from .results import ImageResult, MethodMap
 from .series import series_info
@@ -77,30 +77,31 @@ def write_seg(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, 
         anatomic_regions=[codes.BREAST],
     )
     frame = fractional_map(method_map)[None]      # (1, Rows, Columns)
-    seg = hd.seg.Segmentation(
-        source_images=[source],
-        pixel_array=frame,
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        segment_descriptions=[description],
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        manufacturer=output.manufacturer,
-        manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
-        software_versions=result.algorithm.software_version or "unknown",
-        device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=255,
-        content_label=codes.method_code(method_map.method).value.replace("-", "_"),   # e.g. MXAI_M_GCAM
-        content_description=f"mammoxai {method_map.display_name} map (normalised positive part)"[:64],
-        transfer_syntax_uid=RLELossless,
-        omit_empty_frames=False,
-        contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
-                                                       output.institution_name)],
-        series_description=series.series_description,
-        institution_name=output.institution_name,
-    )
+    with copied_names_quietly():
+        seg = hd.seg.Segmentation(
+            source_images=[source],
+            pixel_array=frame,
+            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+            segment_descriptions=[description],
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=output.manufacturer,
+            manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
+            software_versions=result.algorithm.software_version or "unknown",
+            device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
+            fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            max_fractional_value=255,
+            content_label=codes.method_code(method_map.method).value.replace("-", "_"),   # e.g. MXAI_M_GCAM
+            content_description=f"mammoxai {method_map.display_name} map (normalised positive part)"[:64],
+            transfer_syntax_uid=RLELossless,
+            omit_empty_frames=False,
+            contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
+                                                           output.institution_name)],
+            series_description=series.series_description,
+            institution_name=output.institution_name,
+        )
     orientation = stored_orientation(mammogram)
     seg.PatientOrientation = list(orientation) if orientation else ""   # General Image, Type 2C (no FoR)
     shared = seg.SharedFunctionalGroupsSequence[0]

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcodes
-from pydicom.uid import generate_uid
 
 from ..config.settings import OutputSettings
 from . import codes
 from .mammogram import Mammogram
-from .provenance import contributing_equipment, device_uid, finish
+from .provenance import contributing_equipment, copied_names_quietly, device_uid, finish
 from .regions import HotRegion
 from .render import DISCLAIMER
 from .results import AlgorithmInfo, ImageResult, MethodMap
@@ -95,7 +93,7 @@ def classification_group(mammogram: Mammogram, result: ImageResult, output: Outp
     measurements = [_num(codes.PROBABILITY_OF_MALIGNANCY, result.malignancy_probability)]
     for name, p in zip(result.class_names, result.probabilities):
         if name != result.positive_class:
-            measurements.append(_num(codes.private(codes._hashed("MXAI-P-", name), f"Probability of {name}"), p))
+            measurements.append(_num(codes.class_probability_code(name), p))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="mammoxai classification"),
         algorithm_id=model_algorithm_id(result.algorithm, output.manufacturer),
@@ -163,22 +161,23 @@ def _sr_dataset(mammograms: list[Mammogram], report: hd.sr.MeasurementReport, re
                 output: OutputSettings, kind: str) -> hd.sr.Comprehensive3DSR:
     source = mammograms[0].dataset
     series = series_info(mammograms[0].study_instance_uid, kind, output.series_number_base)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[m.dataset for m in mammograms],
-        content=report,
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=output.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=output.institution_name,
-        contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
-                                                       output.institution_name)],
-        series_description=series.series_description,
-    )
+    with copied_names_quietly():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[m.dataset for m in mammograms],
+            content=report,
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=output.manufacturer,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            institution_name=output.institution_name,
+            contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
+                                                           output.institution_name)],
+            series_description=series.series_description,
+        )
     return finish(sr, source, private_scheme=True)
 
 

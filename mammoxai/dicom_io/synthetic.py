@@ -187,7 +187,7 @@ def write_phantom_dicom(
     ds.SeriesDescription = "synthetic phantom"
     ds.PresentationIntentType = presentation_intent
     # General Equipment
-    ds.Manufacturer = "mammoxai"
+    ds.Manufacturer = "mammoxai phantom generator"  # not "mammoxai": phantoms are input, not our output
     ds.ManufacturerModelName = "synthetic phantom writer"
     ds.SoftwareVersions = "0.1"
     # General Image / DX Image / Mammography Image

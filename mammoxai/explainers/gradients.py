@@ -84,7 +84,11 @@ def make_baseline(batch: torch.Tensor, kind: str, blur_sigma: float = 8.0) -> to
 
 
 def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]:
-    """``(alphas, weights)`` of the path integral over [0, 1], as captum's approximation methods."""
+    """``(alphas, weights)`` of the path integral over [0, 1]: captum's nodes; weights sum to 1.
+
+    (captum's ``riemann_trapezoid`` uses weights ``1/n`` — they sum to ``(n−1)/n`` —
+    where this uses the exact trapezoid weights ``1/(n−1)``, halved at both ends.)
+    """
     if method == "gausslegendre":
         nodes, w = np.polynomial.legendre.leggauss(steps)
         return [float(0.5 * (n + 1)) for n in nodes], [float(0.5 * v) for v in w]

@@ -253,7 +253,13 @@ def generate_phantom(seed: int, *, finding: str | None = None, laterality: str |
         if len(cand) == 0:  # pragma: no cover - the outline always leaves room
             cand = np.argwhere(breast & ~pectoral)
         ly, lx = (float(v) for v in cand[int(rng.integers(len(cand)))])
-        dy, dx = yy - ly, xx - lx
+        # everything of the lesion lies within 0.18 h of its centre: work in that window
+        ext = int(np.ceil(0.18 * h)) + 2
+        win = (slice(max(0, int(ly) - ext), min(h, int(ly) + ext + 1)),
+               slice(max(0, int(lx) - ext), min(w, int(lx) + ext + 1)))
+        wy, wx = yy[win], xx[win]
+        les, msk = lesion[win], mask[win]        # views: in-place updates land in lesion / mask
+        dy, dx = wy - ly, wx - lx
         if finding in ("benign_mass", "malignant_mass"):
             radius = h * u(0.030, 0.052)
             angle = u(0, np.pi)
@@ -272,8 +278,8 @@ def generate_phantom(seed: int, *, finding: str | None = None, laterality: str |
                 r = r / irregular
             core = r <= 1.0
             amp = u(0.17, 0.27)
-            lesion += amp * np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0)) + amp * 0.35 * core
-            mask |= core
+            les += amp * np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0)) + amp * 0.35 * core
+            msk |= core
             if finding == "malignant_mass":
                 width = h * u(0.0028, 0.0042)
                 n_spic = int(rng.integers(10, 19))
@@ -282,11 +288,11 @@ def generate_phantom(seed: int, *, finding: str | None = None, laterality: str |
                     length = radius * u(1.3, 2.6)
                     y0, x0 = ly, lx
                     y1, x1 = ly + np.sin(ang) * (radius * 0.6 + length), lx + np.cos(ang) * (radius * 0.6 + length)
-                    d, t = _segment_distance(yy, xx, y0, x0, y1, x1)
+                    d, t = _segment_distance(wy, wx, y0, x0, y1, x1)
                     taper = width * (1.2 - 0.8 * t)
                     line = np.exp(-(d / taper) ** 2) * (1.0 - 0.6 * t)
-                    lesion += u(0.13, 0.20) * line
-                    mask |= (d <= taper) & (t > 0)
+                    les += u(0.13, 0.20) * line
+                    msk |= (d <= taper) & (t > 0)
         else:  # clustered fine pleomorphic calcifications
             cluster = h * u(0.022, 0.040)
             n = int(rng.integers(7, 16))
@@ -301,13 +307,13 @@ def generate_phantom(seed: int, *, finding: str | None = None, laterality: str |
                 elong = u(1.0, 2.0)
                 ang = u(0, np.pi)
                 ca, sa = np.cos(ang), np.sin(ang)
-                qy = ((yy - sy) * ca + (xx - sx) * sa) / (sr * elong)
-                qx = (-(yy - sy) * sa + (xx - sx) * ca) / sr
+                qy = ((wy - sy) * ca + (wx - sx) * sa) / (sr * elong)
+                qx = (-(wy - sy) * sa + (wx - sx) * ca) / sr
                 q2 = qy * qy + qx * qx
-                lesion += u(0.45, 0.65) * np.exp(-q2 * 1.5)
-                mask |= q2 <= 4.0
+                les += u(0.45, 0.65) * np.exp(-q2 * 1.5)
+                msk |= q2 <= 4.0
             hull = _convex_hull(centres_arr)
-            mask |= _inside_polygon(yy, xx, hull)
+            msk |= _inside_polygon(wy, wx, hull)
         mask &= breast & ~pectoral
 
     # --- compose (normalised units, then stored values) ---

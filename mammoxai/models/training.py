@@ -247,7 +247,7 @@ def train_classifier(train: ArrayDataset, val: ArrayDataset | None, *, architect
             loss.backward()
             optimiser.step()
             scheduler.step()
-            running += float(loss) * len(idx)
+            running += float(loss.detach()) * len(idx)
             seen += len(idx)
             if progress and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{running / seen:.3f}")

@@ -51,18 +51,26 @@ OUTPUT_ONLY_SOP_CLASSES = frozenset({
 SERIES_RANGE = 1000
 
 
+_IS_OUR_OUTPUT: list = []
+
+
+def _dicom_io_check():
+    """``mammoxai.dicom_io``'s ``is_our_output`` when importable (looked up once), else ``None``."""
+    if not _IS_OUR_OUTPUT:
+        found = None
+        for module in ("mammoxai.dicom_io", "mammoxai.dicom_io.writers"):
+            try:
+                found = getattr(__import__(module, fromlist=["is_our_output"]), "is_our_output", None)
+            except Exception as exc:  # noqa: BLE001 - the node's own checks below still apply
+                log.debug("%s.is_our_output unavailable: %s", module, exc)
+            if found is not None:
+                break
+        _IS_OUR_OUTPUT.append(found)
+    return _IS_OUR_OUTPUT[0]
+
+
 def own_output_reason(ds: Dataset, output: OutputSettings) -> str | None:
     """Why ``ds`` is one of our own results, or ``None`` when it is not (header only; no pixel data needed)."""
-    try:
-        from ..dicom_io import is_our_output  # written by the dicom_io owner; optional
-    except ImportError:
-        is_our_output = None
-    if is_our_output is not None:
-        try:
-            if is_our_output(ds, output):
-                return "our own output (dicom_io.is_our_output)"
-        except Exception as exc:  # a malformed header must not stop the triage
-            log.debug("is_our_output failed on %s: %s", ds.get("SOPInstanceUID", "?"), exc)
     ours = output.manufacturer.strip().lower()
     manufacturer = str(ds.get("Manufacturer", "") or "").strip().lower()
     try:
@@ -77,6 +85,13 @@ def own_output_reason(ds: Dataset, output: OutputSettings) -> str | None:
             return f"our own output (Contributing Equipment {output.manufacturer})"
     if UID(str(ds.get("SOPClassUID", ""))) in OUTPUT_ONLY_SOP_CLASSES:
         return f"SOP class {UID(str(ds.SOPClassUID)).name} is one the node writes, never processes"
+    is_our_output = _dicom_io_check()
+    if is_our_output is not None:
+        try:
+            if is_our_output(ds, output):
+                return "our own output (dicom_io.is_our_output)"
+        except Exception as exc:  # a malformed header must not stop the triage
+            log.debug("is_our_output failed on %s: %s", ds.get("SOPInstanceUID", "?"), exc)
     return None
 
 

@@ -11,10 +11,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -98,7 +97,7 @@ def c_store(files: Sequence[Path], peer: Peer, calling_ae: str, tls: TlsSettings
         ae.add_requested_context(sop, syntax)
     tls_args = None
     if tls is not None and tls.enabled:
-        tls_args = (client_context(tls), "")
+        tls_args = (client_context(tls), None)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
@@ -136,7 +135,7 @@ def c_echo(peer: Peer, calling_ae: str, tls: TlsSettings | None = None, timeout_
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(Verification)
-    tls_args = (client_context(tls), "") if tls is not None and tls.enabled else None
+    tls_args = (client_context(tls), None) if tls is not None and tls.enabled else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         raise SendError(f"cannot associate with {peer}: {'rejected' if assoc.is_rejected else 'no connection'}")

@@ -40,6 +40,10 @@ def default_pipeline_factory(settings: Settings) -> Any:
     return Pipeline(settings)
 
 
+class NodeError(MammoxaiError):
+    """The node cannot start (a port in use, an unusable spool, ...)."""
+
+
 class Node:
     """Everything ``mammoxai serve`` runs, in one process. :meth:`start`, then :meth:`stop`.
 
@@ -86,15 +90,21 @@ class Node:
         self.sender.start()
         self.metrics.add_gauges(self._gauges)
         self.metrics.add_gauges(gpu_memory_gauges)
-        if self.settings.node.http_port:
-            self.http = HttpServer(self.settings.node.http_host, self.settings.node.http_port, self.metrics,
-                                   self.healthy)
-            self.http.start()
-        if self.with_scp:
-            self.scp = StorageSCP(self.settings, self.spool, self.queue, on_stored=lambda _id: self.work_wake.set(),
-                                  on_event=lambda name: self.metrics.inc(
-                                      "instances", event=name, help="C-STORE requests by outcome"))
-            self.scp.start()
+        node = self.settings.node
+        try:
+            if node.http_port:
+                self.http = HttpServer(node.http_host, node.http_port, self.metrics, self.healthy)
+                self.http.start()
+            if self.with_scp:
+                self.scp = StorageSCP(self.settings, self.spool, self.queue,
+                                      on_stored=lambda _id: self.work_wake.set(),
+                                      on_event=lambda name: self.metrics.inc(
+                                          "instances", event=name, help="C-STORE requests by outcome"))
+                self.scp.start()
+        except OSError as exc:
+            self.stop(timeout=5)
+            raise NodeError(f"cannot listen (node.host {node.host}:{node.port}, node.http_host "
+                            f"{node.http_host}:{node.http_port}): {exc.strerror or exc}") from None
 
     def healthy(self) -> bool:
         """True while the worker and sender threads are alive (and the SCP listens, when it runs)."""
@@ -136,6 +146,7 @@ class Node:
             log.warning("re-queued %d job(s) still running at shutdown", len(still))
         if self.http is not None:
             self.http.stop()
+            self.http = None
         self.queue.close()
         log.info("node stopped")
 
@@ -160,9 +171,13 @@ def main_serve(args: argparse.Namespace, settings: Settings) -> int:
         if once:
             settings.node.study_quiet_seconds = 0.0
             while not stop.is_set() and not node.idle():
-                # a destination that is down leaves jobs 'sending' with a back-off: stop at the dead letter
-                if node.queue.counts()["received"] + node.queue.counts()["running"] == 0 and all(
-                        j.next_attempt_at > time.time() for j in node.queue.list(["sending"])):
+                # a destination that is down leaves jobs 'sending' with a back-off: give up on them for now
+                counts = node.queue.counts()
+                backing_off = node.queue.list(["sending"])
+                if (counts["received"] + counts["running"] == 0 and backing_off
+                        and all(j.send_attempts > 0 and j.next_attempt_at > time.time() for j in backing_off)
+                        and not node.queue.due_summaries(0.0, now=float("inf"))):
+                    log.warning("%d job(s) still waiting for the destination; they stay queued", len(backing_off))
                     break
                 stop.wait(0.2)
         else:

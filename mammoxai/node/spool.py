@@ -159,6 +159,14 @@ class Spool:
         """Delete a job's staged outputs (after they were delivered)."""
         shutil.rmtree(self.outputs / str(job_id), ignore_errors=True)
 
+    def remove_instance(self, path: Path | str) -> None:
+        """Delete a received instance once its job is finished (only files inside ``instances/``)."""
+        if not path:
+            return
+        path = Path(path)
+        if path.parent.resolve() == self.instances.resolve():
+            path.unlink(missing_ok=True)
+
     def result_path(self, job_id: int) -> Path:
         """Where a job's slim result for the study summary is kept."""
         return self.results / f"{job_id}.pkl"

@@ -45,15 +45,33 @@ class PipelineLike(Protocol):
     def study_summary(self, items: list[Any]) -> Any: ...
 
 
+#: long side (px) of the heatmaps kept for the study summary (which reads predictions, not maps)
+SUMMARY_MAP_SIZE = 64
+
+
 def _slim(item: Any) -> Any:
-    """A copy of a ProcessedImage without pixel arrays or outputs, small enough to keep for the study summary."""
+    """A copy of a ProcessedImage small enough to keep on disk for the study summary.
+
+    No outputs, no mammogram pixels, heatmaps decimated to at most
+    :data:`SUMMARY_MAP_SIZE` px; headers, predictions and map metadata intact.
+    """
     try:
+        import numpy as np
+
         changes: dict[str, Any] = {"outputs": []}
         mammogram = getattr(item, "mammogram", None)
         if mammogram is not None and dataclasses.is_dataclass(mammogram) and hasattr(mammogram, "pixels"):
-            import numpy as np
-
             changes["mammogram"] = dataclasses.replace(mammogram, pixels=np.zeros((1, 1), dtype="float32"))
+        result = getattr(item, "result", None)
+        if result is not None and dataclasses.is_dataclass(result) and getattr(result, "maps", None):
+            maps = []
+            for m in result.maps:
+                heat = getattr(m, "heatmap", None)
+                if isinstance(heat, np.ndarray) and heat.ndim == 2:
+                    step = max(1, -(-max(heat.shape) // SUMMARY_MAP_SIZE))
+                    m = dataclasses.replace(m, heatmap=np.ascontiguousarray(heat[::step, ::step]))
+                maps.append(m)
+            changes["result"] = dataclasses.replace(result, maps=tuple(maps))
         return dataclasses.replace(item, **changes) if dataclasses.is_dataclass(item) else item
     except Exception:  # the summary is best effort; never lose the job over it
         return item
@@ -139,6 +157,7 @@ class Worker(threading.Thread):
         reason = str(getattr(item, "reason", "") or "")
         if status == "ignored":
             self.queue.mark_ignored(job.id, reason or "ignored by the pipeline", timings)
+            self.spool.remove_instance(job.path)
             log.info("job %d ignored: sop=%s study=%s: %s", job.id, job.key, job.study_uid, reason)
             self.metrics.inc("jobs_ignored", help="instances not processed (not a mammogram, our own output)")
             return
@@ -148,12 +167,20 @@ class Worker(threading.Thread):
             self.metrics.inc("jobs_failed", stage="process", help="jobs that failed")
             return
         outputs = list(getattr(item, "outputs", None) or [])
+        # the slim result for the study summary first: it must exist once the job leaves 'running'
+        part = self.spool.tmp / f"res-{job.id}.pkl"
+        with open(part, "wb") as fh:
+            pickle.dump(_slim(item), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self.spool.commit_file(part, self.spool.result_path(job.id))
+        if not outputs:
+            self.queue.mark_done(job.id, timings)
+            self.spool.remove_instance(job.path)
+            log.info("job %d done: sop=%s study=%s: no outputs %s", job.id, job.key, job.study_uid,
+                     format_timings(timings))
+            return
         if not getattr(self.pipeline, "deterministic_uids", False):
             make_deterministic(outputs, job.key)
         self.spool.stage_outputs(job.id, outputs)
-        with open(self.spool.tmp / f"res-{job.id}.pkl", "wb") as fh:
-            pickle.dump(_slim(item), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        self.spool.commit_file(self.spool.tmp / f"res-{job.id}.pkl", self.spool.result_path(job.id))
         self.queue.mark_sending(job.id, len(outputs), timings)
         self.metrics.inc("jobs_processed", help="instances processed by the pipeline")
 
@@ -261,6 +288,8 @@ class Sender(threading.Thread):
         timings["send"] = send_s
         self.queue.mark_done(job.id, {"send": send_s})
         self.spool.remove_outputs(job.id)
+        if job.kind == "instance":
+            self.spool.remove_instance(job.path)   # delivered: the source is no longer needed
         latency = time.time() - job.created_at
         self.metrics.observe_latency(latency)
         self.metrics.inc("jobs_done", help="jobs whose results were delivered")

@@ -185,7 +185,8 @@ def test_is_our_output(written, dw):
     assert not is_our_output(foreign, settings)
     del foreign.SeriesNumber                                           # a malformed IS, as received
     foreign[0x00200011] = RawDataElement(Tag(0x00200011), "IS", 2, b"x ", 0, True, True)
-    assert not is_our_output(foreign, settings)
+    with pytest.warns(UserWarning, match="Invalid value for VR IS"):
+        assert not is_our_output(foreign, settings)
     relabelled = pydicom.dcmread(dw.save_all([outputs[4]], written[3][0].parent, "relabel")[0])
     relabelled.Manufacturer, relabelled.SeriesNumber = "PACS", 1      # an archive rewrote them
     assert is_our_output(relabelled, settings)                         # Contributing Equipment still says so
@@ -244,7 +245,7 @@ def test_monochrome1_and_flipped_source_gsps(dw, tmp_path):
     assert gsps.PresentationLUTShape == "INVERSE" and gsps.Laterality == "R"
     assert int(gsps.ImageRotation) == 180 and gsps.ImageHorizontalFlip == "N"    # both flips = 180 degrees
     sc = pydicom.dcmread(paths[0])
-    assert list(sc.PatientOrientation) == ["L", "P"]      # source P\L with both display flips applied
+    assert list(sc.PatientOrientation) == ["A", "R"]      # source P\L with both display flips applied
 
 
 def test_study_summary(dw, tmp_path):
@@ -272,3 +273,25 @@ def test_study_summary(dw, tmp_path):
     other = dw.mammogram_from_dataset(dw.phantom_dataset(), laterality="L", view="CC")
     with pytest.raises(DicomWriteError, match="several studies"):
         write_study_summary([mammograms[0], other], results[:2], OutputSettings())
+
+
+def test_unknown_orientation_is_sent_empty(dw, tmp_path):
+    ds = dw.phantom_dataset(laterality="L", view="CC")
+    del ds.PatientOrientation
+    mg = dw.mammogram_from_dataset(ds, laterality="L", view=None)
+    result = dw.make_result(mg.pixels.shape, methods=("gradcam",))
+    outputs = write_results(mg, result, OutputSettings(structured_report=False, gsps=False, montage=False))
+    paths = dw.save_all(outputs, tmp_path, "noori")
+    for path in paths:
+        dw.assert_valid(path)
+        assert pydicom.dcmread(path).PatientOrientation in ("", None)       # Type 2C, empty: unknown
+
+
+def test_dicom_io_writers_do_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, mammoxai.dicom_io.writers, mammoxai.dicom_io.render; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

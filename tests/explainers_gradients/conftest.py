@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mammoxai.models._torchvision_compat import import_timm
+from mammoxai.models._torchvision_compat import ensure_torchvision_importable, import_timm
+
+ensure_torchvision_importable()  # pytorch-grad-cam and zennit import torchvision
 
 torch.set_num_threads(2)
 

@@ -69,6 +69,7 @@ def test_store_compressed_and_concurrent_with_storescu(tmp_path, make_node_setti
         assert sources == {ds.SOPInstanceUID for ds in plain}
         assert any(ds.SeriesNumber == 9150 for ds in per_study), "study summary missing"
         assert node.spool.staged_outputs(jobs[plain[0].SOPInstanceUID].id) == []
+        assert list(node.spool.instances.iterdir()) == []      # delivered: sources removed from the spool
     text = caplog.text
     assert "PID-SECRET-1" not in text and "Secret^Patient" not in text
     assert plain[0].SOPInstanceUID in text
@@ -134,3 +135,14 @@ def test_loop_prevention_our_outputs_are_ignored(tmp_path, make_node_settings):
         for path in ours:
             assert states[str(pydicom.dcmread(path).SOPInstanceUID)] == "ignored"
         assert len(list((tmp_path / "out").rglob("*.dcm"))) == len(ours)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path, make_node_settings):
+    from mammoxai.errors import MammoxaiError
+
+    settings = make_node_settings()
+    with running_node(settings):
+        other = make_node_settings(port=settings.node.port, spool_dir=tmp_path / "other")
+        with pytest.raises(MammoxaiError, match=f"{settings.node.port}.*in use"):
+            with running_node(other):
+                pass

@@ -68,12 +68,24 @@ def test_store_echo_send_to_dcmtk_storescp(tmp_path, storescp, capsys):
     subprocess.run(["dcmcjpeg", "+e1", str(files[0]), str(tmp_path / "jpeg.dcm")], check=True)
     assert c_echo(peer, "MAMMOXAI") == 0
     assert [s for _, s in c_store(files + [tmp_path / "jpeg.dcm"], peer, "MAMMOXAI")] == [0, 0, 0]
-    assert len(list(out.iterdir())) == 2     # the JPEG copy has f0's SOP Instance UID: overwritten
+    received = [pydicom.dcmread(p) for p in out.iterdir()]
+    assert len(received) >= 2
+    # storescp takes uncompressed only: the JPEG Lossless file was decompressed, losslessly
+    original = pydicom.dcmread(files[0]).pixel_array
+    jpeg_uid = pydicom.dcmread(tmp_path / "jpeg.dcm").SOPInstanceUID
+    copies = [r for r in received if r.SOPInstanceUID == jpeg_uid]
+    assert copies and all((c.pixel_array == original).all() for c in copies)
+    assert {str(c.file_meta.TransferSyntaxUID) for c in copies} <= {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in files + [tmp_path / "jpeg.dcm"]:
+        shutil.copy(f, folder)
+    (folder / "notes.txt").write_text("not DICOM")
     (tmp_path / "notes.txt").write_text("not DICOM")
     settings = node_settings(tmp_path)
-    rc = main_send(argparse.Namespace(paths=[tmp_path], to=str(peer), calling_ae=None), settings)
+    rc = main_send(argparse.Namespace(paths=[folder], to=str(peer), calling_ae=None), settings)
     printed = capsys.readouterr().out
-    assert rc == 0 and "sent 3 of 3" in printed
+    assert rc == 0 and "sent 3 of 3" in printed and "notes.txt" not in printed
     with pytest.raises(SendError, match="not a DICOM file"):
         c_store([tmp_path / "notes.txt"], peer, "MAMMOXAI")
     assert main_echo(argparse.Namespace(to=str(peer)), settings) == 0
@@ -225,3 +237,30 @@ def test_serve_once_processes_the_spool(tmp_path, monkeypatch):
     assert sorted(int(d.SeriesNumber) for d in outputs) == [9100, 9100, 9150]
     q = JobQueue(spool.database)
     assert q.counts()["done"] == 3
+
+
+def test_dead_letter_then_jobs_retry_delivers(tmp_path, capsys):
+    port = free_port()
+    settings = node_settings(tmp_path, destination={
+        "kind": "dicom", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port, "max_attempts": 2,
+        "backoff_initial_s": 0.1, "backoff_max_s": 0.2, "timeout_s": 3})
+    make_image(tmp_path / "mg.dcm")
+    received = tmp_path / "received"
+    received.mkdir()
+    with running_node(settings) as node:
+        assert c_store([tmp_path / "mg.dcm"], Peer("MAMMOXAI", "127.0.0.1", node.scp.port), "PACS")[0][1] == 0
+        dead = poll(lambda: node.queue.list(["dead"]), 30, 0.05, "the job to reach the dead letter state")
+        assert dead[0].send_attempts == 2 and "cannot associate" in dead[0].error
+        assert node.spool.staged_outputs(dead[0].id)              # outputs kept for a re-send
+        proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(received), str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            poll(lambda: subprocess.run(["echoscu", "-aec", "STORESCP", "127.0.0.1", str(port)],
+                                        capture_output=True).returncode == 0, 20, 0.1, "storescp")
+            assert main_jobs(argparse.Namespace(action="retry", job_ids=[], all_failed=True), settings) == 0
+            assert f"re-queued 1 job(s): {dead[0].id}" in capsys.readouterr().out
+            poll(lambda: node.queue.get(dead[0].id).state == "done", 30, 0.05, "re-sent job")
+            assert len(list(received.iterdir())) == 1
+        finally:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(10)

@@ -19,7 +19,7 @@ from mammoxai.node.security import AddressFilter
 from mammoxai.node.spool import Spool, SpoolError
 from mammoxai.node.uids import make_deterministic, uid_from
 from mammoxai.node.worker import format_timings
-from node_helpers import CT_IMAGE, free_port, make_image
+from node_helpers import CT_IMAGE, make_image
 
 
 def test_queue_life_cycle(tmp_path):
@@ -29,6 +29,7 @@ def test_queue_life_cycle(tmp_path):
     assert q.add_received("1.2.3", "x", "9.9", "9.8", tmp_path / "a.dcm") == a     # same instance, same job
     claimed = q.claim(5)
     assert [j.id for j in claimed] == [a, b] and all(j.state == "running" and j.attempts == 1 for j in claimed)
+    assert claimed[0].sop_instance_uid == "1.2.3" and claimed[0].calling_ae == "PACS"
     assert q.claim(5) == []
     assert q.due_summaries(0.0) == []                      # study busy
     assert q.mark_failed(a, "boom", max_attempts=2) == "received"
@@ -138,6 +139,9 @@ def test_triage_and_loop_prevention(tmp_path):
     sr = Dataset()
     sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
     assert "never processes" in triage(sr, out)
+    sc.ContributingEquipmentSequence = Sequence()
+    sc.Manufacturer, sc.SeriesNumber = "mammoxai", 1          # ours by Manufacturer only: dicom_io's rule
+    assert triage(sc, out) == "our own output (dicom_io.is_our_output)"
 
 
 def test_address_filter():

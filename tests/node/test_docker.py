@@ -1,0 +1,65 @@
+"""docker/: the compose file parses and runs the same Orthanc configuration and Lua script as the tests."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mammoxai.config import load_settings
+from mammoxai.node.orthanc import CONFIG_TEMPLATE, LUA_SCRIPT, NODE_MODALITY, orthanc_config
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+def test_compose_wires_orthanc_and_node(monkeypatch):
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"orthanc", "mammoxai"} <= set(services)
+    mounts = {}
+    for volume in services["orthanc"]["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts[(DOCKER / source).resolve()] = target
+    template = json.loads(CONFIG_TEMPLATE.read_text())
+    # the very files the tests use, mounted where the configuration expects them
+    assert mounts[CONFIG_TEMPLATE.resolve()] == "/etc/orthanc/orthanc.json"
+    assert mounts[LUA_SCRIPT.resolve()] in template["LuaScripts"]
+    node_env = services["mammoxai"]["environment"]
+    ae, host, port = template["DicomModalities"][NODE_MODALITY]
+    assert host == "mammoxai" and ae == node_env["MAMMOXAI_NODE__AE_TITLE"] and str(port) == node_env["MAMMOXAI_NODE__PORT"]
+    assert node_env["MAMMOXAI_DESTINATION__HOST"] == "orthanc"
+    assert f"{template['DicomPort']}:{template['DicomPort']}" in services["orthanc"]["ports"]
+    assert "'" + NODE_MODALITY + "'" in LUA_SCRIPT.read_text()        # the script routes to that modality
+    # every environment variable is a valid setting
+    for key, value in node_env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = load_settings()
+    assert settings.destination.kind == "dicom" and settings.node.port == int(node_env["MAMMOXAI_NODE__PORT"])
+    # the Dockerfiles the compose file builds exist and copy files that exist
+    for service in services.values():
+        dockerfile = (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve()
+        context = (DOCKER / service["build"]["context"]).resolve()
+        for line in dockerfile.read_text().splitlines():
+            m = re.match(r"COPY\s+(.+)\s+\S+$", line)
+            if m:
+                for source in m.group(1).split():
+                    assert (context / source).exists(), f"{dockerfile.name}: COPY {source} missing"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda", "Dockerfile.orthanc"])
+def test_dockerfiles_have_a_base_and_an_entrypoint(name):
+    text = (DOCKER / name).read_text()
+    assert re.search(r"^FROM \S+", text, re.M) and "ENTRYPOINT" in text
+    if name == "Dockerfile.cuda":
+        assert "nvidia/cuda" in text
+
+
+def test_orthanc_config_local_values(tmp_path):
+    config = orthanc_config(tmp_path, 8043, 4243, "NODE", "127.0.0.1", 11113)
+    assert config["DicomModalities"] == {NODE_MODALITY: ["NODE", "127.0.0.1", 11113]}
+    assert config["LuaScripts"] == [str(LUA_SCRIPT)] and config["RemoteAccessAllowed"] is False
+    assert config["StorageDirectory"] == str(tmp_path) and config["Plugins"] == []

@@ -1,0 +1,75 @@
+"""The benchmark's measuring tools and one small end-to-end run (tiny model, one cheap method)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammoxai import cli
+
+from .conftest import InputGradient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_explainers", ROOT / "benchmarks" / "bench_explainers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pass_counter_counts_images_through_forward_and_backward(bench, timm_model, images):
+    counter = bench.PassCounter(timm_model)
+    try:
+        with torch.no_grad():
+            timm_model(images)                                     # 3 forward, no backward
+        InputGradient().explain(timm_model, images[:2], 1)         # 2 forward + 2 backward
+    finally:
+        counter.close()
+    assert (counter.forward_images, counter.backward_images) == (5, 2)
+    with torch.no_grad():
+        timm_model(images)
+    assert counter.forward_images == 5                             # the hook is gone
+
+
+def test_peak_memory_sees_a_large_allocation(bench):
+    with bench.PeakMemory(torch.device("cpu"), interval_s=0.001) as mem:
+        block = torch.ones(64 * 2**20 // 4)                        # 64 MiB, touched
+        block.add_(1)
+        del block
+    assert mem.peak_mb > 48
+    assert bench._hwm_bytes() >= bench._rss_bytes()
+
+
+def test_model_costs_and_timed(bench, timm_model, images):
+    costs = bench.model_costs(timm_model, images[:1], torch.device("cpu"), "off", [1, 2])
+    assert set(costs["forward"]) == {1, 2} and costs["t_fwd"] > 0 and costs["t_bwd"] >= 0
+    calls = []
+    seconds, result = bench.timed(lambda: calls.append(1) or 7, torch.device("cpu"), repeats=1, short_s=10.0,
+                                  short_repeats=3)
+    assert result == 7 and len(calls) == 3 == bench.timed.calls and seconds >= 0
+
+
+def test_end_to_end_small_run_writes_json_and_markdown(bench, tmp_path):
+    out = tmp_path / "run"
+    code = bench.main(["--device", "cpu", "--checkpoint", "", "--input-size", "32", "32", "--methods",
+                       "saliency", "--no-memory", "--cost-batch-sizes", "1", "2", "--out", str(out)])
+    assert code == 0
+    result = json.loads(Path(f"{out}.json").read_text())
+    record = result["methods"][0]
+    assert record["method"] == "saliency" and record["forward_images"] == 1 and record["backward_images"] == 1
+    assert record["limit_ratio"] > 0
+    assert record["references"][0]["library"] == "captum" and record["references"][0]["ratio"] > 0
+    text = Path(f"{out}.md").read_text()
+    assert "| saliency |" in text and "captum" in text and "time / limit" in text
+    assert bench.main(["--device", "cpu", "--checkpoint", "", "--methods", "no_such", "--out", str(out)]) == 2
+
+
+def test_cli_bench_runs_the_script(capsys):
+    assert cli.main(["bench", "explainers", "--help"]) == 0
