@@ -18,12 +18,18 @@ What it does, end to end (``.venv/bin/python scripts/viewer_screenshots.py --out
      Orthanc Web Viewer; ``viewer_webviewer_montage.png``: the montage SC;
    * ``viewer_sr_dsrdump.png``: the TID 1500 SR as DCMTK's SR parser
      (``dsrdump +Pt``) reads it;
-   * ``viewer_gsps_dicomscope.png`` (``--dicomscope``): the GSPS applied to the
-     unaltered mammogram by OFFIS DICOMscope (Debian's ``dicomscope``, a
-     Java viewer built on DCMTK's presentation state library), run under Xvfb;
+   * ``viewer_gsps_dicomscope.png``: the GSPS applied to the unaltered
+     mammogram by OFFIS DICOMscope (Debian's ``dicomscope``, the reference
+     viewer of DCMTK's presentation-state library), run under Xvfb and
+     captured with ImageMagick's ``import``;
+   * ``viewer_ohif_side_by_side.png``: OHIF Viewer (``@ohif/app`` 3.13.2's
+     prebuilt ``dist`` from the npm registry, served by this script with
+     Orthanc's DICOMweb proxied on the same origin) with the source and the
+     Grad-CAM overlay in a 1x2 layout; Chromium is driven over the DevTools
+     protocol (``--remote-debugging-pipe``) to click through OHIF;
 
-5. stops Orthanc (and Xvfb/DICOMscope) by process id, and shrinks every PNG to
-   at most ``--max-kb`` (downscale, then 256-colour palette if needed).
+5. stops Orthanc, Xvfb, DICOMscope and Chromium by process id, and shrinks
+   every PNG to at most ``--max-kb`` (downscale, then a 256-colour palette).
 
 Each screenshot is checked before it is kept: a page that rendered nothing
 (uniform colour, or an empty image area in the viewer) is retried with more
@@ -31,10 +37,12 @@ render time and then reported as a failure.
 
 ``--keep`` leaves Orthanc running at the end and prints its address, for a
 look by hand. ``--results DIR`` skips step 1 and uploads the DICOM files
-found in DIR (with ``--source``).
+found in DIR (with ``--source``). ``--no-dicomscope`` / ``--no-ohif`` skip
+those steps.
 
 Needs: Debian packages ``orthanc orthanc-webviewer orthanc-dicomweb dcmtk
-chromium`` (and ``dicomscope xvfb xdotool x11-utils`` for ``--dicomscope``).
+chromium``; for DICOMscope ``dicomscope xvfb xdotool imagemagick``; for OHIF
+``npm`` (or ``--ohif DIST`` with an unpacked ``@ohif/app`` dist folder).
 This is documentation tooling, not part of the mammoxai package.
 """
 
@@ -266,14 +274,15 @@ def crop_bottom(path: Path, margin: int = 12) -> None:
 
 
 def shrink_png(path: Path, max_bytes: int, max_width: int) -> None:
-    """Downscale to ``max_width`` (Lanczos), then palette-quantise / downscale until ≤ ``max_bytes``."""
+    """Downscale to ``max_width`` (Lanczos); over ``max_bytes``: 256-colour dithered palette, then smaller."""
     image = Image.open(path).convert("RGB")
     if image.width > max_width:
         image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
     image.save(path, optimize=True)
     while path.stat().st_size > max_bytes:
-        quantised = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        quantised.save(path, optimize=True)
+        # 256-colour palette (octree: keeps the colour-bar hues) with Floyd-Steinberg dithering (no banding)
+        palette = image.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
         if path.stat().st_size <= max_bytes:
             break
         image = image.resize((round(image.width * 0.85), round(image.height * 0.85)), Image.LANCZOS)
@@ -440,6 +449,7 @@ def gsps_dicomscope(source: Path, gsps: Path, work: Path, target: Path, size: tu
             time.sleep(0.3)   # key events are queued in order; this only paces the GUI
         # the GSPS instance is the 6th row; rows: root 71, study 96, then 16 px each
         xdo("mousemove", "300", str(96 + 16 * 4), "click", "--repeat", "2", "--delay", "120", "1")
+        xdo("mousemove", str(size[0] - 2), str(size[1] - 2))   # the pointer out of the picture
 
         def image_shown(rgb: np.ndarray) -> bool:
             viewer = rgb[80: size[1] - 80, 10: size[0] - 260].mean(axis=2)
@@ -650,11 +660,9 @@ _JS_CENTRE = """(() => { const e = document.querySelector(%s); if (!e) return nu
   const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"""
 _JS_BUTTON = """(() => { for (const el of document.querySelectorAll('button, [role=button], a')) {
   if ((el.textContent || '').trim() === %s) { el.click(); return true; } } return false; })()"""
-# the cine player OHIF opens on each viewport: its close button is the last svg-only control in the bar
-_JS_CLOSE_CINE = """(() => { let n = 0; for (const el of document.querySelectorAll('div')) {
-  if (el.children.length > 2 && /^\\s*\\d+\\s*FPS\\s*$/.test(el.innerText || '')) {
-    const controls = el.querySelectorAll('svg'); const last = controls[controls.length - 1];
-    if (last) { last.dispatchEvent(new MouseEvent('click', {bubbles: true})); n++; } } } return n; })()"""
+# OHIF opens a cine player on each viewport of a new layout: close them (its own close buttons)
+_JS_CLOSE_CINE = """(() => { const b = document.querySelectorAll('[data-cy=cine-player-close]');
+  b.forEach(x => x.click()); return b.length; })()"""
 
 
 def ohif_dist(spec: str, cache: Path) -> Path:
@@ -762,14 +770,19 @@ def main(argv: list[str] | None = None) -> int:
                                                      "`mammoxai explain`")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="leave Orthanc running at the end (Ctrl-C stops it)")
-    parser.add_argument("--dicomscope", action="store_true", help="also show the GSPS in OFFIS DICOMscope (Xvfb)")
-    parser.add_argument("--ohif", metavar="DIST|npm", help="also show the study in OHIF: an @ohif/app dist folder, "
-                        f"or 'npm' to fetch {OHIF_PACKAGE} with npm pack (cached)")
+    parser.add_argument("--no-dicomscope", dest="dicomscope", action="store_false",
+                        help="skip the GSPS in OFFIS DICOMscope (needs dicomscope xvfb xdotool imagemagick)")
+    parser.add_argument("--no-ohif", dest="ohif_enabled", action="store_false", help="skip the OHIF screenshot")
+    parser.add_argument("--ohif", metavar="DIST|npm", default="npm",
+                        help=f"the OHIF build: an @ohif/app dist folder, or 'npm' (default) to fetch {OHIF_PACKAGE} "
+                             "with npm pack once (cached, about 50 MB)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mammoxai",
                         help="where --ohif npm keeps the OHIF build")
     parser.add_argument("--max-kb", type=int, default=400, help="largest PNG size kept")
     parser.add_argument("--max-width", type=int, default=1280, help="widest PNG kept")
     args = parser.parse_args(argv)
+    # SIGTERM as SystemExit, so that the clean-up below (Orthanc, Xvfb, DICOMscope, Chromium) still runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     source = (args.source or default_source()).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -826,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                 made.append(gsps_dicomscope(source, pr, work / "dicomscope", args.out / "viewer_gsps_dicomscope.png"))
 
         # 5. OHIF: the source and the Grad-CAM overlay side by side
-        if args.ohif:
+        if args.ohif_enabled:
             server, port = serve_ohif(ohif_dist(args.ohif, args.cache), orthanc.url)
             stack.callback(server.shutdown)
             study_uid = orthanc.rest("GET", f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "FeatureRecorder", "TargetLayer", "find_module", "is_token_model", "token_grid_size", "tokens_to_grid", "resolve_target_layer",
-    "auto_target_name",
+    "FeatureRecorder", "TargetLayer", "find_module", "is_token_model", "token_grid_size", "tokens_to_grid",
+    "resolve_target_layer", "auto_target_name",
 ]
 
 
@@ -130,29 +130,6 @@ def _grid_converter(model: nn.Module, sample: torch.Tensor, input_hw: tuple[int,
     raise ValueError(f"layer {name} outputs shape {tuple(sample.shape)}: not a feature map or token grid")
 
 
-def _probe(model: nn.Module, batch: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor]]:
-    """Run one no-grad forward and record (name, module, output) for every module, in execution order."""
-    records: list[tuple[str, nn.Module, torch.Tensor]] = []
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, _inputs, output) -> None:
-            if isinstance(output, torch.Tensor):
-                records.append((name, module, output))
-        return hook
-
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return records
-
-
 def auto_target_name(model: nn.Module, batch: torch.Tensor) -> str:
     """The module name ``"auto"`` resolves to for ``model`` on inputs shaped like ``batch`` (see module doc)."""
     if is_token_model(model):  # decided from the architecture: ``batch`` is not run
@@ -162,15 +139,9 @@ def auto_target_name(model: nn.Module, batch: torch.Tensor) -> str:
         if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) and hasattr(blocks[-1], "norm1"):
             return f"blocks.{len(blocks) - 1}.norm1"
         raise ValueError("transformer without blocks[-1].norm1 or an NHWC layers[-1]: name target_layer")
-    records = _probe(model, batch[:1])
-    last: torch.Tensor | None = None
-    for _name, module, output in records:
-        if output.ndim == 4 and not isinstance(module, nn.Identity) and output.shape[2] * output.shape[3] > 1:
-            last = output
-    if last is None:
-        raise ValueError("model has no convolutional layer or token grid")
-    names = [name for name, module, output in records if output is last and not isinstance(module, nn.Identity)]
-    return min(names, key=lambda n: (n.count("."), len(n)))
+    with FeatureRecorder(model, "auto", (batch.shape[2], batch.shape[3])) as recorder, torch.no_grad():
+        model(batch[:1])
+    return recorder.result()[0].name
 
 
 class FeatureRecorder:
@@ -247,3 +218,16 @@ class FeatureRecorder:
             return TargetLayer(name=name, module=module, to_grid=to_grid), self._last
         finally:
             self._last, self._names = None, []
+
+
+def resolve_target_layer(model: nn.Module, spec: str, batch: torch.Tensor) -> TargetLayer:
+    """Resolve ``spec`` (``"auto"`` or a module name) into a :class:`TargetLayer` for inputs like ``batch``.
+
+    Runs one no-grad forward pass of ``batch[:1]`` (use :class:`FeatureRecorder`
+    to resolve during a pass of your own). Raises ``ValueError`` (no spatial
+    layer / bad output shape) or ``KeyError`` (unknown name).
+    """
+    with FeatureRecorder(model, spec, (batch.shape[2], batch.shape[3])) as recorder, torch.no_grad():
+        model(batch[:1])
+    layer, _output = recorder.result()
+    return layer

@@ -155,8 +155,8 @@ class IntegratedGradients(_BaselineMixin, _GradientExplainer):
 
     ``method`` picks the quadrature (captum's default ``"gausslegendre"``, or a
     Riemann rule); ``steps`` points per image, evaluated ``batch_size`` at a
-    time. ``extras["convergence_delta"]`` holds, per image, ``Σ attribution −
-    (f(x) − f(x'))`` (completeness gap).
+    time. ``extras["convergence_delta"]`` holds, per image (a list of floats),
+    ``Σ attribution − (f(x) − f(x'))`` (completeness gap).
     """
 
     name = "integrated_gradients"
@@ -173,7 +173,7 @@ class IntegratedGradients(_BaselineMixin, _GradientExplainer):
             raise ValueError(f"explainer {self.name!r}: method must be one of {', '.join(IG_METHODS)}")
         if self.params["batch_size"] < 1:
             raise ValueError(f"explainer {self.name!r}: batch_size must be >= 1")
-        self._delta: torch.Tensor | None = None
+        self._delta: list[float] | None = None
 
     def attributions(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel attributions ``(N, C, H, W)`` (the map is their channel sum)."""
@@ -196,7 +196,7 @@ class IntegratedGradients(_BaselineMixin, _GradientExplainer):
         with torch.no_grad():
             both = model(torch.cat([batch, baseline]))
             scores = both.gather(1, torch.cat([target, target]).reshape(-1, 1)).reshape(2, -1)
-        self._delta = (out.sum(dim=(1, 2, 3)) - (scores[0] - scores[1])).detach().float().cpu()
+        self._delta = (out.sum(dim=(1, 2, 3)) - (scores[0] - scores[1])).detach().float().cpu().tolist()
         return out
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,15 @@ on the intensity ``u = x·std + mean`` and budgets are stated in units of the
 0/1 mean "the input is already in intensity units"). ``clamp=True`` keeps ``u``
 in ``[0, 1]``.
 
+Decision. The attacked decision is the model's prediction on the clean image;
+a budget "flips" it when the prediction on the perturbed image differs. The
+``target`` passed to ``explain`` does not steer the attack (it is recorded).
+
 Results. ``Explanation.extras["robustness"]`` is a list (one per image) of
 dicts: ``flipped`` (bool), ``epsilon`` (smallest flipping budget found, ``None``
 when none did), ``max_epsilon``, ``adversarial_class`` (``None`` if not flipped),
 ``linf`` / ``l2`` (norms of the returned perturbation δ, intensity units),
-``schedule`` (the budgets tried). The heatmap is ``Σ_channels |δ|`` of the
+``schedule`` (the budgets tried), ``clean_class``, ``units``. The heatmap is ``Σ_channels |δ|`` of the
 perturbation at the reported budget, or at ``max_epsilon`` when nothing flipped.
 """
 
@@ -108,6 +112,9 @@ class _Attack(Explainer):
         n = batch.shape[0]
         device = batch.device
         schedule = epsilon_schedule(self.params["eps_max"], self.params["n_eps"])
+        with torch.no_grad():
+            target = torch.cat([self._logits(model, u0[s:s + self.params["batch_size"]]).argmax(dim=1)
+                                for s in range(0, n, self.params["batch_size"])])
         self._prepare(model, u0, target)
         found_k: list[int | None] = [None] * n
         found_eps: list[float | None] = [None] * n
@@ -163,7 +170,7 @@ class _Attack(Explainer):
             report.append({"flipped": found_k[i] is not None, "epsilon": found_eps[i],
                            "max_epsilon": schedule[-1], "adversarial_class": adv_class[i],
                            "linf": float(delta.abs().max()), "l2": float(delta.flatten().norm()),
-                           "schedule": list(schedule), "units": self.units})
+                           "schedule": list(schedule), "units": self.units, "clean_class": int(target[i])})
         self._last = {"robustness": report}
         return torch.stack(maps)
 

@@ -14,7 +14,8 @@ Steps of :func:`preprocess` (all recorded in :class:`Geometry`, which is numpy-o
 4. resize (separable triangle filter: area-like when shrinking, bilinear when
    enlarging, pixel centres aligned) to ``input_size``;
 5. intensity: ``(x - p1(image)) / (p99.5(breast) - p1(image))`` clipped to [0, 2]
-   (0 = background, 1 = the densest common tissue), then ``(x - mean) / std`` per
+   (0 = background, 1 = the densest common tissue), pixels outside the breast
+   (labels, markers) set to 0, then ``(x - mean) / std`` per
    channel from the model's metadata; the single channel is repeated when the
    model wants 3.
 
@@ -209,13 +210,22 @@ def find_breast(image: np.ndarray) -> tuple[np.ndarray, int]:
     if hi - lo <= 1e-6 * max(1.0, abs(hi)):
         return np.ones(small.shape, dtype=bool), step
     cand = small > lo + 0.1 * (hi - lo)
-    cand = ndimage.binary_opening(cand, structure=np.ones((3, 3), dtype=bool))
-    labels, n = ndimage.label(cand)
+    # a 1 % frame and an opening cut thin bright links (film edges, scanner lines) to labels and markers
+    frame = max(1, int(round(0.01 * max(small.shape))))
+    core = cand.copy()
+    core[:frame, :] = core[-frame:, :] = False
+    core[:, :frame] = core[:, -frame:] = False
+    radius = max(1, int(round(0.008 * max(small.shape))))
+    core = ndimage.binary_opening(core, structure=np.ones((2 * radius + 1,) * 2, dtype=bool))
+    labels, n = ndimage.label(core)
     if n == 0:
         return np.ones(small.shape, dtype=bool), step
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(sizes.argmax()), step
+    biggest = labels == int(sizes.argmax())
+    # grow back to the candidate pixels next to it (the skin line, the image edge)
+    grown = ndimage.binary_dilation(biggest, structure=np.ones((2 * radius + 3,) * 2, dtype=bool), iterations=2)
+    return grown & cand, step
 
 
 def normalise_intensity(image: np.ndarray, breast_small: np.ndarray | None = None, step: int = 1) -> np.ndarray:
@@ -288,6 +298,9 @@ def preprocess_array(image: np.ndarray, laterality: str | None, input_size: Sequ
     arr = _as_float_image(image)
     mask_small, step = find_breast(arr)
     norm = normalise_intensity(arr, mask_small, step)
+    # blank what is not the breast (labels, markers, film edges): 0 = background
+    full = np.repeat(np.repeat(mask_small, step, axis=0), step, axis=1)[:arr.shape[0], :arr.shape[1]]
+    norm = np.where(full, norm, np.float32(0.0))
     geometry = Geometry(
         original_shape=arr.shape,
         crop_box=_crop_box(mask_small, step, arr.shape, size),

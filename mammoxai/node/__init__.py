@@ -1,0 +1,18 @@
+"""The DICOM node: receive mammograms, queue them durably, process them, send the results back.
+
+Flow (one module each)::
+
+    PACS --C-STORE--> scp.StorageSCP --spool.Spool (fsync + rename)--> queue.JobQueue (SQLite WAL)
+         <--Success--                                                     |
+    worker.Worker: claim a batch -> Pipeline.process -> uids.make_deterministic -> Spool.stage_outputs
+    worker.Sender: staged outputs -> scu.Destination (C-STORE SCU | STOW-RS | folder), back-off, dead letter
+    server.Node / main_serve: all of the above + metrics.HttpServer (/healthz, /metrics), SIGTERM = graceful
+
+Loop prevention (our own results are never processed) is in :mod:`.loop`; DICOM TLS and the
+source-address filter in :mod:`.security`; the Orthanc configuration and auto-routing Lua script
+shared by the integration tests and ``docker/`` in :mod:`.orthanc`; ``mammoxai jobs`` in :mod:`.jobs_cli`.
+
+Exactly-once delivery: each step is durable before the next, a crash replays at most the last step,
+and replays produce the same SOP Instance UIDs (derived from the source instance), which an archive
+stores once.
+"""

@@ -99,7 +99,7 @@ class Job:
     def describe(self) -> str:
         """One line for the operator: id, state, attempts, UIDs (no patient data)."""
         text = (f"{self.id:>6} {self.state:<8} {self.kind:<8} attempts={self.attempts} "
-                f"sends={self.send_attempts} outputs={self.outputs} study={self.study_uid} key={self.key}")
+                f"failed_sends={self.send_attempts} outputs={self.outputs} study={self.study_uid} key={self.key}")
         return text + (f" error={self.error}" if self.error else "")
 
 

@@ -169,14 +169,25 @@ class StorageSCP:
             raise RuntimeError("the SCP is not started")
         return int(self._server.server_address[1])
 
-    def stop(self) -> None:
-        """Stop accepting associations and close the listening socket (associations in progress finish)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._server in self.ae._servers:
-                self.ae._servers.remove(self._server)
-            self._server = None
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting associations, close the listening socket, and let those in progress finish.
+
+        Associations still open after ``timeout`` seconds are aborted (their
+        SCU sees no Success for the instance in transfer and sends it again).
+        """
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        deadline = time.monotonic() + timeout
+        for assoc in list(self.ae.active_associations):
+            assoc.join(max(0.0, deadline - time.monotonic()))
+            if assoc.is_alive():
+                log.warning("aborting the association with %s at shutdown", assoc.requestor.ae_title)
+                assoc.abort()
+        if self._server in self.ae._servers:
+            self.ae._servers.remove(self._server)
+        self._server = None
 
     # -- handlers -------------------------------------------------------------------------------
     def _peer(self, event: evt.Event) -> str:
@@ -257,3 +268,24 @@ class StorageSCP:
         if self.on_stored is not None:
             self.on_stored(job_id)
         return STATUS_SUCCESS
+
+
+def adopt_orphans(spool: Spool, queue: JobQueue) -> int:
+    """Queue spooled instances that have no job (a crash between the file commit and the job commit).
+
+    Their SCU got no Success and will send them again; adopting them means
+    nothing durable is ever left behind either way. Returns how many were queued.
+    """
+    adopted = 0
+    for path in sorted(spool.instances.glob("*.dcm")):
+        uid = path.stem
+        if queue.find(uid) is not None:
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            queue.add_received(uid, str(header.SOPClassUID), str(header.StudyInstanceUID),
+                               str(header.get("SeriesInstanceUID", "")), path, "", 0.0)
+            adopted += 1
+        except Exception as exc:  # noqa: BLE001 - an unreadable leftover is logged and kept for inspection
+            log.error("cannot adopt %s left in the spool: %s", path.name, exc)
+    return adopted

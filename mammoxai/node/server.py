@@ -15,7 +15,7 @@ from ..config import Settings
 from ..errors import MammoxaiError
 from .metrics import HttpServer, Metrics, gpu_memory_gauges
 from .queue import STATES, JobQueue
-from .scp import StorageSCP
+from .scp import StorageSCP, adopt_orphans
 from .scu import Destination, make_destination
 from .spool import Spool
 from .worker import Sender, Worker
@@ -75,9 +75,10 @@ class Node:
         self.started_at = time.time()
         removed = self.spool.clear_tmp()
         recovered = self.queue.recover()
-        if removed or recovered:
-            log.info("recovered after a restart: %d job(s) re-queued, %d partial file(s) removed",
-                     recovered, removed)
+        adopted = adopt_orphans(self.spool, self.queue)
+        if removed or recovered or adopted:
+            log.info("recovered after a restart: %d job(s) re-queued, %d spooled instance(s) adopted, "
+                     "%d partial file(s) removed", recovered, adopted, removed)
         self.pipeline = self.pipeline_factory(self.settings)
         lock = threading.Lock()
         for i in range(self.settings.node.workers):
@@ -132,7 +133,7 @@ class Node:
         A batch still running after ``timeout`` is re-queued (its jobs go back to 'received').
         """
         if self.scp is not None:
-            self.scp.stop()
+            self.scp.stop(timeout=min(timeout, 30.0))
         self.stop_event.set()
         self.work_wake.set()
         self.send_wake.set()

@@ -136,7 +136,14 @@ class Worker(threading.Thread):
             if len(items) != len(jobs):
                 raise RuntimeError(f"pipeline returned {len(items)} results for {len(jobs)} files")
         except Exception as exc:
-            log.exception("pipeline failed on a batch of %d", len(jobs))
+            if len(jobs) > 1:
+                # one image may have broken the batch: process them one by one, so it fails alone
+                log.warning("pipeline failed on a batch of %d (%s); processing them one by one", len(jobs), exc)
+                self.busy_since = None
+                for job in jobs:
+                    self.process([job])
+                return
+            log.exception("pipeline failed on job %d", jobs[0].id)
             for job in jobs:
                 state = self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", MAX_PROCESS_ATTEMPTS)
                 if state == "failed":
@@ -273,7 +280,9 @@ class Sender(threading.Thread):
         try:
             if files:
                 self.destination.send(files)
-        except (SendError, OSError) as exc:
+        except Exception as exc:  # SendError, OSError, or anything a client library raises
+            if not isinstance(exc, (SendError, OSError)):
+                log.exception("job %d: unexpected error while sending", job.id)
             state = self.queue.send_failed(job.id, str(exc), d.max_attempts, d.backoff_initial_s, d.backoff_max_s)
             self.metrics.inc("send_failures", help="failed delivery attempts")
             if state == "dead":

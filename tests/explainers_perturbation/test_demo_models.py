@@ -18,10 +18,10 @@ from mammoxai.models import load_classifier
 from mammoxai.models.phantoms import generate_phantom
 
 CNN_METHODS = {
-    "occlusion": {"patch": 64, "stride": 32, "batch_size": 32},
-    "rise": {"n_masks": 64, "cells": 6, "batch_size": 32},
-    "lime": {"samples": 64, "n_segments": 30, "batch_size": 32},
-    "kernel_shap": {"samples": 64, "n_segments": 30, "batch_size": 32},
+    "occlusion": {"patch": 64, "stride": 48, "batch_size": 32},
+    "rise": {"n_masks": 48, "cells": 6, "batch_size": 48},
+    "lime": {"samples": 48, "n_segments": 20, "batch_size": 48},
+    "kernel_shap": {"samples": 48, "n_segments": 20, "batch_size": 48},
 }
 
 

@@ -57,7 +57,7 @@ def test_occlusion_rejects_bad_parameters():
 
 @pytest.mark.parametrize("baseline", [None, "blur"])
 def test_rise_matches_reference_loop(cnn, image, baseline, tools):
-    n, cells, p = 60, 4, 0.5
+    n, cells, p = 40, 4, 0.5
     explainer = create("rise", n_masks=n, cells=cells, p=p, batch_size=16, seed=7, baseline=baseline, blur_sigma=3.0,
                        center=False)
     ours = explainer.explain(cnn, image, 0).heatmap[0]
@@ -185,7 +185,7 @@ def test_lime_lasso_matches_sklearn():
 
 def test_lime_end_to_end_matches_lime_package(cnn, image, tools):
     lime_image, seg, rgb, classifier_fn = _lime_setup(cnn, image)
-    samples = 1000
+    samples = 500
     exp = lime_image.LimeImageExplainer(random_state=0).explain_instance(
         rgb, classifier_fn, labels=(1,), top_labels=None, hide_color=None, num_samples=samples, batch_size=100,
         segmentation_fn=lambda img: seg.numpy(), num_features=100000)
@@ -282,7 +282,7 @@ def test_kernel_shap_matches_captum_kernelshap(cnn, image, tools):
         cnn, image, 1)
     seg = ours.extras["segments"][0]
     ref = CaptumKernelShap(cnn).attribute(image, target=1, baselines=0.0, feature_mask=seg[None, None],
-                                          n_samples=2000, perturbations_per_eval=100)
+                                          n_samples=800, perturbations_per_eval=100)
     m = int(seg.max()) + 1
     ref_phi = torch.stack([ref[0, 0][seg == j][0] for j in range(m)])
     r = tools.pearson(ours.extras["phi"][0], ref_phi)
@@ -308,12 +308,12 @@ def test_model_randomisation_changes_the_map(cnn, image, name, params, tools):
 
 
 def test_batches_of_images_and_determinism(cnn, tools):
-    x = torch.cat([tools.smooth_image(48, 1), tools.smooth_image(48, 2)])
-    for name, params in [("rise", {"n_masks": 40, "cells": 4}), ("lime", {"samples": 60, "n_segments": 10}),
-                         ("kernel_shap", {"samples": 60, "n_segments": 10})]:
+    x = torch.cat([tools.smooth_image(32, 1), tools.smooth_image(32, 2)])
+    for name, params in [("rise", {"n_masks": 24, "cells": 4}), ("lime", {"samples": 30, "n_segments": 8}),
+                         ("kernel_shap", {"samples": 30, "n_segments": 8})]:
         a = create(name, batch_size=16, seed=5, **params).explain(cnn, x)
         b = create(name, batch_size=7, seed=5, **params).explain(cnn, x)
-        assert a.heatmap.shape == (2, 48, 48)
+        assert a.heatmap.shape == (2, 32, 32)
         assert torch.allclose(a.heatmap, b.heatmap, atol=1e-5), name
         c = create(name, batch_size=16, seed=6, **params).explain(cnn, x)
         assert not torch.allclose(a.heatmap, c.heatmap), name

@@ -192,10 +192,6 @@ def orthanc_dest(orthanc: OrthancServer) -> dict[str, Any]:
     return {"kind": "dicom", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
 
 
-def json_dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str)
-
-
 def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     """A minimal TOML writer for flat settings sections (str, int, float, bool, list of str)."""
     def value(v: Any) -> str:

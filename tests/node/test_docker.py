@@ -43,11 +43,18 @@ def test_compose_wires_orthanc_and_node(monkeypatch):
     for service in services.values():
         dockerfile = (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve()
         context = (DOCKER / service["build"]["context"]).resolve()
+        ignore_file = dockerfile.with_name(dockerfile.name + ".dockerignore")
+        ignored = set()
+        if context != DOCKER.resolve():        # the repository root: the virtualenv must stay out
+            ignored = {line.strip() for line in ignore_file.read_text().splitlines()
+                       if line.strip() and not line.startswith("#")}
+            assert ".venv" in ignored and ".git" in ignored
         for line in dockerfile.read_text().splitlines():
             m = re.match(r"COPY\s+(.+)\s+\S+$", line)
             if m:
                 for source in m.group(1).split():
                     assert (context / source).exists(), f"{dockerfile.name}: COPY {source} missing"
+                    assert source not in ignored, f"{dockerfile.name}: COPY {source} is excluded"
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda", "Dockerfile.orthanc"])

@@ -108,6 +108,23 @@ def test_out_of_resources_and_size_limit(tmp_path, make_node_settings):
             assert node.queue.list() == [] and list(node.spool.instances.iterdir()) == []
 
 
+def test_unusable_data_set_is_cannot_understand(tmp_path, make_node_settings):
+    from mammoxai.node.scp import STATUS_CANNOT_UNDERSTAND
+
+    ds = make_image(tmp_path / "mg.dcm")
+    del ds.StudyInstanceUID                      # no study: the node cannot file it
+    with running_node(make_node_settings()) as node:
+        ae = AE(ae_title="T")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.1.2.1")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="MAMMOXAI")
+        status = assoc.send_c_store(ds)
+        assert status.Status == STATUS_CANNOT_UNDERSTAND
+        assert assoc.send_c_echo().Status == 0          # the association and the node carry on
+        assoc.release()
+        assert node.queue.list() == [] and node.metrics.counter("instances", event="store_failed") == 1
+
+
 def test_max_associations(tmp_path, make_node_settings):
     with running_node(make_node_settings(max_associations=1)) as node:
         ae = AE(ae_title="T")

@@ -230,13 +230,16 @@ def test_serve_once_processes_the_spool(tmp_path, monkeypatch):
         shutil.copyfile(tmp_path / f"m{i}.dcm", dest)
         q.add_received(ds.SOPInstanceUID, ds.SOPClassUID, study, ds.SeriesInstanceUID, dest)
     q.close()
+    # an instance committed to the spool just before a crash, without its job: adopted at start-up
+    orphan = make_image(tmp_path / "orphan.dcm", study, seed=9)
+    shutil.copyfile(tmp_path / "orphan.dcm", spool.instance_path(orphan.SOPInstanceUID))
     monkeypatch.setenv("MAMMOXAI_PIPELINE_FACTORY", "node_standin:make_pipeline")
     rc = main_serve(argparse.Namespace(port=None, ae_title=None, once=True), settings)
     assert rc == 0
     outputs = [pydicom.dcmread(p) for p in (tmp_path / "out").rglob("*.dcm")]
-    assert sorted(int(d.SeriesNumber) for d in outputs) == [9100, 9100, 9150]
+    assert sorted(int(d.SeriesNumber) for d in outputs) == [9100, 9100, 9100, 9150]
     q = JobQueue(spool.database)
-    assert q.counts()["done"] == 3
+    assert q.counts()["done"] == 4 and q.find(orphan.SOPInstanceUID).state == "done"
 
 
 def test_dead_letter_then_jobs_retry_delivers(tmp_path, capsys):
