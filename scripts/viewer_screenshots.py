@@ -705,12 +705,19 @@ def ohif_side_by_side(ohif_url: str, study_uid: str, right_series: str, target: 
                                " return p.length === 2 ? p.map(e => { const r = e.getBoundingClientRect();"
                                " return [r.x + r.width / 2, r.y + r.height / 2]; }) : null; })()", 30,
                                "two viewports")
-        chrome.click(*panes[1])                                               # make the right one active
-        xy = chrome.wait_js(_JS_THUMBNAIL % json.dumps(right_series), 60, f"the thumbnail of {right_series!r}")
-        chrome.click(xy[0], xy[1], count=2)
-        chrome.wait_js("(() => { const p = document.querySelectorAll('[data-cy=viewport-pane]')[1];"
-                       f" return p && p.innerText.includes({json.dumps(right_series)}); }})()", 60,
-                       f"{right_series!r} in the right viewport")
+        shown = ("(() => { const p = document.querySelectorAll('[data-cy=viewport-pane]')[1];"
+                 f" return p && p.innerText.includes({json.dumps(right_series)}); }})()")
+        for attempt in range(4):      # a click that lands while OHIF re-renders is lost: try again
+            chrome.click(*panes[1])                                           # make the right one active
+            xy = chrome.wait_js(_JS_THUMBNAIL % json.dumps(right_series), 60, f"the thumbnail of {right_series!r}")
+            chrome.click(xy[0], xy[1], count=2)
+            try:
+                chrome.wait_js(shown, 30, f"{right_series!r} in the right viewport")
+                break
+            except ScreenshotError:
+                if attempt == 3:
+                    raise
+                log(f"OHIF: {right_series!r} not in the right viewport yet; clicking again")
         problem = "not tried"
         end = time.monotonic() + 90
         previous = None
@@ -813,45 +820,62 @@ def main(argv: list[str] | None = None) -> int:
         log(f"study {study}: {len(series)} series: "
             + "; ".join(s["MainDicomTags"].get("SeriesDescription", "?") for s in series))
 
+        failed: list[str] = []
+
+        def keep(path: Path) -> None:
+            shrink_png(path, args.max_kb * 1024, args.max_width)
+            made.append(path)
+
+        def optional(what: str, step: Callable[[], Path]) -> None:
+            """A viewer step whose failure is reported (exit status 3) without losing the other pictures."""
+            try:
+                keep(step())
+            except (ScreenshotError, OSError, subprocess.SubprocessError) as exc:
+                log(f"FAILED {what}: {exc}")
+                failed.append(what)
+
         # 1. the study in Orthanc Explorer
         height = 170 + 136 * len(series)
-        made.append(screenshot(f"{orthanc.url}/app/explorer.html#study?uuid={study}",
-                               args.out / "viewer_orthanc_study.png", (1400, height), budget_ms=8000))
+        keep(screenshot(f"{orthanc.url}/app/explorer.html#study?uuid={study}",
+                        args.out / "viewer_orthanc_study.png", (1400, height), budget_ms=8000))
 
         # 2. each SC in the Orthanc Web Viewer (named by the method in its Derivation Description)
         for sc in groups.get("OT", []):
             name = sc_method(sc)
-            made.append(screenshot(f"{orthanc.url}/web-viewer/app/viewer.html?series={uploaded[sc]['ParentSeries']}",
-                                   args.out / f"viewer_webviewer_{name}.png",
-                                   (1400, 1000) if name == "montage" else (1000, 1000),
-                                   budget_ms=15000, check=image_area_check))
+            keep(screenshot(f"{orthanc.url}/web-viewer/app/viewer.html?series={uploaded[sc]['ParentSeries']}",
+                            args.out / f"viewer_webviewer_{name}.png",
+                            (1400, 1000) if name == "montage" else (1000, 1000),
+                            budget_ms=15000, check=image_area_check))
 
         # 3. the SR as DCMTK reads it
         for sr in groups.get("SR", [])[:1]:
             page, lines = sr_page(sr, work / "sr.html")
-            made.append(screenshot(page.as_uri(), args.out / "viewer_sr_dsrdump.png",
-                                   (1280, 120 + 21 * lines), budget_ms=2000))
-            crop_bottom(made[-1])
+            shot = screenshot(page.as_uri(), args.out / "viewer_sr_dsrdump.png", (1280, 120 + 21 * lines),
+                              budget_ms=2000)
+            crop_bottom(shot)
+            keep(shot)
 
         # 4. the GSPS in DICOMscope
         if args.dicomscope:
             for pr in groups.get("PR", [])[:1]:
-                made.append(gsps_dicomscope(source, pr, work / "dicomscope", args.out / "viewer_gsps_dicomscope.png"))
+                optional("DICOMscope (GSPS)", lambda: gsps_dicomscope(
+                    source, pr, work / "dicomscope", args.out / "viewer_gsps_dicomscope.png"))
 
         # 5. OHIF: the source and the Grad-CAM overlay side by side
         if args.ohif_enabled:
-            server, port = serve_ohif(ohif_dist(args.ohif, args.cache), orthanc.url)
-            stack.callback(server.shutdown)
-            study_uid = orthanc.rest("GET", f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
-            sc_names = [s["MainDicomTags"].get("SeriesDescription", "") for s in series
-                        if s["MainDicomTags"].get("Modality") == "OT"]
-            right = next((n for n in sc_names if "Grad-CAM" in n), sc_names[0] if sc_names else None)
-            if right:
-                made.append(ohif_side_by_side(f"http://127.0.0.1:{port}", study_uid, right,
-                                              args.out / "viewer_ohif_side_by_side.png"))
+            def ohif_step() -> Path:
+                server, port = serve_ohif(ohif_dist(args.ohif, args.cache), orthanc.url)
+                stack.callback(server.shutdown)
+                study_uid = orthanc.rest("GET", f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+                sc_names = [s["MainDicomTags"].get("SeriesDescription", "") for s in series
+                            if s["MainDicomTags"].get("Modality") == "OT"]
+                right = next((n for n in sc_names if "Grad-CAM" in n), sc_names[0] if sc_names else None)
+                if right is None:
+                    raise ScreenshotError("no SC series to show in OHIF")
+                return ohif_side_by_side(f"http://127.0.0.1:{port}", study_uid, right,
+                                         args.out / "viewer_ohif_side_by_side.png")
+            optional("OHIF", ohif_step)
 
-        for png in made:
-            shrink_png(png, args.max_kb * 1024, args.max_width)
         if report.get("prediction"):
             p = report["prediction"]
             log(f"prediction: {p['class']} P(malignant) = {p['malignancy_probability']:.3f}")
@@ -862,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 stop_process(orthanc.proc, "Orthanc")
     log("wrote " + ", ".join(str(p) for p in made))
+    if failed:
+        log("failed: " + ", ".join(failed))
+        return 3
     return 0
 
 

@@ -65,6 +65,7 @@ class NodeSettings(_Section):
     disk_free_watermark_mb: float = Field(default=1024.0, ge=0, description="refuse C-STORE (A700) below this")
     study_quiet_seconds: float = Field(default=30.0, ge=0)
     workers: int = Field(default=1, ge=1, le=64)
+    max_process_attempts: int = Field(default=3, ge=1, description="pipeline errors before a job is 'failed'")
     batch_images: int = Field(default=4, ge=1, description="images a worker batches when several are waiting")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=0, le=65535, description="/healthz and /metrics; 0 disables")

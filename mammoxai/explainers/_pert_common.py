@@ -113,10 +113,14 @@ def segment_means(image: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """``(C, H, W)`` image where every pixel holds its superpixel's per-channel mean (LIME's hide_color=None)."""
     count = int(segments.max()) + 1
     flat = segments.reshape(-1)
-    sums = torch.zeros(image.shape[0], count, device=image.device, dtype=image.dtype)
-    sums.index_add_(1, flat, image.reshape(image.shape[0], -1))
-    sizes = torch.bincount(flat, minlength=count).to(image.dtype)
-    means = sums / sizes.clamp(min=1)
+    # sorted cumulative sums instead of atomic scatter-adds: deterministic on every device
+    order = torch.argsort(flat, stable=True)
+    sizes = torch.bincount(flat, minlength=count)
+    ends = torch.cumsum(sizes, 0)
+    csum = torch.cumsum(image.reshape(image.shape[0], -1)[:, order].double(), dim=1)
+    csum = torch.cat([torch.zeros(image.shape[0], 1, dtype=csum.dtype, device=csum.device), csum], dim=1)
+    sums = csum[:, ends] - csum[:, ends - sizes]
+    means = (sums / sizes.clamp(min=1).double()).to(image.dtype)
     return means[:, flat].reshape(image.shape)
 
 

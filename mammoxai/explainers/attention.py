@@ -339,7 +339,10 @@ class AttentionLast(_AttentionExplainer):
         fusion = self.params["head_fusion"]
         if architecture(model) == "swin":
             info = [i for k, i in record.events if k == "attn"][-1]
-            received = fuse_heads(info["attn"].float(), fusion).mean(dim=1)  # (B·nW, T)
+            fused = fuse_heads(info["attn"].float(), fusion)  # (B·nW, T, T)
+            ones = torch.ones(batch.shape[0], *info["hw"], device=fused.device)
+            valid, _ = _to_windows(ones, info["hw"], info["shift"], info["window"])  # padding tokens: 0
+            received = (fused * valid[:, :, None]).sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1.0)
             window = info["window"]
             ph = (window[0] - info["hw"][0] % window[0]) % window[0]
             pw = (window[1] - info["hw"][1] % window[1]) % window[1]

@@ -45,6 +45,7 @@ This module never imports ``mammoxai.node`` or ``mammoxai.dicom_io``.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Sequence
@@ -54,6 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Explainer, Explanation
+
+log = logging.getLogger(__name__)
 
 Baseline = Literal["blur", "mean", "zero"]
 BASELINES: tuple[str, ...] = ("blur", "mean", "zero")
@@ -357,7 +360,8 @@ def compute_quality(model: nn.Module, batch: torch.Tensor, explanation: Explanat
     ``mask`` (``N×H×W``, model-input resolution, nonzero = lesion) enables the
     localisation scores; an image whose mask is empty gets none. ``explainer``
     (the object that made ``explanation``) enables max-sensitivity, which
-    re-runs it ``sensitivity_samples`` times (0 disables it).
+    re-runs it ``sensitivity_samples`` times (0 disables it); if a re-run
+    fails, max-sensitivity is left out (logged) and the other scores stand.
     """
     heatmap = explanation.heatmap
     _check_heatmap(batch, heatmap)
@@ -376,9 +380,12 @@ def compute_quality(model: nn.Module, batch: torch.Tensor, explanation: Explanat
         relevance = relevance_mass(hm, mask_t).cpu()
     sensitivity = nan
     if explainer is not None and sensitivity_samples > 0:
-        sensitivity = max_sensitivity(explainer, model, batch, explanation.target, samples=sensitivity_samples,
-                                      radius=sensitivity_radius, reference=heatmap, seed=int(explainer.params.get(
-                                          "seed", 0)))
+        try:
+            sensitivity = max_sensitivity(explainer, model, batch, explanation.target, samples=sensitivity_samples,
+                                          radius=sensitivity_radius, reference=heatmap,
+                                          seed=int(explainer.params.get("seed", 0)))
+        except Exception as exc:  # noqa: BLE001 - e.g. the time budget: the other scores stand
+            log.warning("max-sensitivity of %s failed: %s: %s", explainer.name, type(exc).__name__, exc)
 
     def opt(value: torch.Tensor) -> float | None:
         v = float(value)

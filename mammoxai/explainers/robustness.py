@@ -155,8 +155,9 @@ class _Attack(Explainer):
             idx = torch.tensor(todo, device=device)
             adv, flipped, pred = self._run(model, u0[idx], target[idx],
                                            torch.tensor(mids, device=device, dtype=batch.dtype), idx)
+            flipped_l = flipped.tolist()
             for j, i in enumerate(todo):
-                if bool(flipped[j]):
+                if flipped_l[j]:
                     found_eps[i] = mids[j]
                     adv_class[i] = int(pred[j])
                     best[i] = adv[j]

@@ -33,8 +33,6 @@ from .uids import make_deterministic
 
 log = logging.getLogger(__name__)
 
-#: processing attempts before a job is 'failed' (an exception in the pipeline, e.g. out of memory)
-MAX_PROCESS_ATTEMPTS = 3
 
 
 class PipelineLike(Protocol):
@@ -145,7 +143,7 @@ class Worker(threading.Thread):
                 return
             log.exception("pipeline failed on job %d", jobs[0].id)
             for job in jobs:
-                state = self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", MAX_PROCESS_ATTEMPTS)
+                state = self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", self.settings.node.max_process_attempts)
                 if state == "failed":
                     self.metrics.inc("jobs_failed", stage="process", help="jobs that failed")
             self.busy_since = None
@@ -155,7 +153,7 @@ class Worker(threading.Thread):
                 self._record(job, item)
             except Exception as exc:
                 log.exception("job %d: cannot record its result", job.id)
-                self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", MAX_PROCESS_ATTEMPTS)
+                self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", self.settings.node.max_process_attempts)
         self.busy_since = None
 
     def _record(self, job: Job, item: Any) -> None:

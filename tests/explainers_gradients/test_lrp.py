@@ -104,3 +104,11 @@ def test_lrp_parameters():
         create("lrp", composite="gamma")
     with pytest.raises(ValueError, match="epsilon"):
         create("lrp", epsilon=-1.0)
+
+
+def test_lrp_batch_equals_single_images(resnet_inplace, image):
+    pair = torch.cat([image, image.flip(-1)])
+    both = create("lrp").explain(resnet_inplace, pair, torch.tensor([1, 0])).heatmap
+    first = create("lrp").explain(resnet_inplace, pair[:1], 1).heatmap
+    second = create("lrp").explain(resnet_inplace, pair[1:], 0).heatmap
+    assert torch.allclose(both, torch.cat([first, second]), atol=1e-6 * float(both.abs().max()))

@@ -279,3 +279,28 @@ def test_model_randomisation_changes_attention_maps(name, arch, params, first, t
     rho = tools.spearman(F.avg_pool2d(before, patch), F.avg_pool2d(after, patch))
     print(f"{name} on {arch}: Spearman(original, randomised blocks {int(len(blocks) * first)}..) = {rho:.3f}")
     assert rho < 0.5
+
+
+def test_swin_last_attention_with_padded_windows():
+    model = make_swin(img=80)  # last stage 10×10 tokens, windows of 7: padded to 14×14, shifted by 3
+    x = torch.randn(1, 1, 80, 80, generator=torch.Generator().manual_seed(5))
+    heat = create("attention_last").explain(model, x).heatmap
+    with torch.no_grad(), capture_attention(model) as record:
+        model(x)
+    info = [i for k, i in record.events if k == "attn"][-1]
+    h, w = info["hw"]
+    (sh, sw), (wh, ww) = info["shift"], info["window"]
+    assert (h, w) == (10, 10) and (sh, sw) == (3, 3)
+    from timm.models.swin_transformer import window_partition
+    idx = torch.roll(torch.arange(h * w, dtype=torch.float32).reshape(1, h, w), (-sh, -sw), (1, 2))
+    idx = F.pad(idx, (0, (ww - w % ww) % ww, 0, (wh - h % wh) % wh), value=-1)
+    win = window_partition(idx.unsqueeze(-1), (wh, ww)).reshape(-1, wh * ww).long()
+    fused = info["attn"].mean(1)
+    received = torch.zeros(h * w)
+    for wi in range(win.shape[0]):  # explicit loops: mean over the real (non-padding) queries of the window
+        queries = [i for i in range(win.shape[1]) if win[wi, i] >= 0]
+        for j in range(win.shape[1]):
+            if win[wi, j] >= 0:
+                received[win[wi, j]] = fused[wi, queries, j].mean()
+    expected = F.interpolate(received.reshape(1, 1, h, w), size=(80, 80), mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(heat, expected, atol=1e-7)

@@ -132,7 +132,7 @@ def test_target_scores_and_blur():
 
 # ------------------------------------------------------------------ LIME
 
-def _lime_setup(cnn, image, n_segments=16):
+def _lime_setup(cnn, image, n_segments=30):
     from lime import lime_image
     seg = superpixels(image[0], n_segments, 0.1, 1.0)
     rgb = image[0, 0].numpy().astype(np.float64)[..., None].repeat(3, axis=2)
@@ -192,7 +192,7 @@ def test_lime_end_to_end_matches_lime_package(cnn, image, tools):
     ref = np.zeros(int(seg.max()) + 1)
     for j, c in exp.local_exp[1]:
         ref[j] = c
-    ours = create("lime", samples=samples, n_segments=16, compactness=0.1, batch_size=100, seed=0)
+    ours = create("lime", samples=samples, n_segments=30, compactness=0.1, batch_size=100, seed=0)
     result = ours.explain(cnn, image, 1)
     assert torch.equal(result.extras["segments"][0], seg)
     coef = result.extras["coef"][0]

@@ -9,7 +9,6 @@ from pydicom.uid import generate_uid
 
 from mammoxai.node.queue import JobQueue
 from mammoxai.node.spool import Spool
-from mammoxai.node.worker import MAX_PROCESS_ATTEMPTS
 from node_helpers import StandInPipeline, make_image, node_settings, poll, running_node
 
 
@@ -30,6 +29,7 @@ class PoisonPipeline(StandInPipeline):
 
 def test_poison_image_fails_alone_and_batches_are_used(tmp_path):
     settings = node_settings(tmp_path, batch_images=4)
+    settings.node.max_process_attempts = 2
     spool = Spool(settings.node.spool_dir)
     queue = JobQueue(spool.database)
     study = generate_uid()
@@ -46,7 +46,7 @@ def test_poison_image_fails_alone_and_batches_are_used(tmp_path):
         poll(node.idle, 30, what="all jobs settled")
         states = {j.key: j for j in node.queue.list() if j.kind == "instance"}
         assert states[uids[1]].state == "failed" and "model crashed" in states[uids[1]].error
-        assert states[uids[1]].attempts == MAX_PROCESS_ATTEMPTS
+        assert states[uids[1]].attempts == 2  # node.max_process_attempts
         assert states[uids[0]].state == "done" and states[uids[2]].state == "done"
         assert pipeline.batches[0] == 3                       # the waiting images were batched
         assert node.spool.instance_path(uids[1]).exists()     # kept for `mammoxai jobs retry`

@@ -181,3 +181,21 @@ def test_summarise():
     assert quality.summarise([4.0]) == (4.0, 0.0, 1)
     mean, sd, n = quality.summarise([])
     assert n == 0 and math.isnan(mean) and math.isnan(sd)
+
+
+def test_a_failing_rerun_leaves_out_only_max_sensitivity(linear_model, images):
+    class FailsWhenRerun(InputGradient):
+        name = "test_fails_when_rerun"
+        calls = 0
+
+        def _attribute(self, model, batch, target):
+            type(self).calls += 1
+            if type(self).calls > 1:
+                raise RuntimeError("time budget exceeded")
+            return super()._attribute(model, batch, target)
+
+    explainer = FailsWhenRerun()
+    explanation = explainer.explain(linear_model, images, 1)
+    scores = quality.compute_quality(linear_model, images, explanation, explainer=explainer, steps=4)
+    assert all(s.max_sensitivity is None and math.isfinite(s.faithfulness) for s in scores)
+    assert FailsWhenRerun.calls == 2
