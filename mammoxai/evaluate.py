@@ -38,8 +38,14 @@ log = logging.getLogger(__name__)
 #: First phantom seed of the evaluation set (apart from the training and validation seeds).
 EVAL_SEED = 30_000_000
 
+#: Columns of the evaluation: the quality scores, then the randomisation check (Spearman ρ of |map| before and
+#: after re-initialising every layer; computed on the first batch of images only).
+EVAL_KEYS: tuple[str, ...] = (*SCORE_KEYS, "randomisation_rho")
+DIRECTION: dict[str, bool] = {**HIGHER_IS_BETTER, "randomisation_rho": False}
+
 #: Scores that say how far a map can be trusted, used by :func:`trust_order` (sparseness is a style).
-TRUST_SCORES: tuple[str, ...] = ("faithfulness", "max_sensitivity", "relevance_mass", "pointing_game")
+TRUST_SCORES: tuple[str, ...] = ("faithfulness", "max_sensitivity", "relevance_mass", "pointing_game",
+                                 "randomisation_rho")
 
 
 class EvaluateError(MammoxaiError):
@@ -172,13 +178,15 @@ def _targets(settings: Any, classifier: Any, batch: torch.Tensor) -> torch.Tenso
 
 def evaluate_samples(classifier: Any, explainers: Sequence[Explainer], samples: Sequence[Sample], *,
                      target_mode: str = "predicted", batch_images: int = 4, steps: int = 20,
-                     sensitivity_samples: int = 3, batch_size: int = 16) -> tuple[list[dict[str, Any]],
-                                                                                 dict[str, str]]:
+                     sensitivity_samples: int = 3, batch_size: int = 16,
+                     sanity: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Explain and score every sample with every explainer.
 
     Returns the rows (one per method and image: ``source, image_id, finding,
     label, method, target, seconds`` and the scores) and the failures (method
-    -> reason; a method that fails on one batch is not run again).
+    -> reason; a method that fails on one batch is not run again). With
+    ``sanity``, the images of the first batch also get ``randomisation_rho``
+    (:func:`~mammoxai.explainers.quality.randomisation_sanity`, every layer).
     """
     module = classifier.module
     rows: list[dict[str, Any]] = []
@@ -204,12 +212,21 @@ def evaluate_samples(classifier: Any, explainers: Sequence[Explainer], samples: 
                 log.warning("%s failed: %s", explainer.name, reason)
                 failures[explainer.name] = reason
                 continue
+            rho: list[float] = []
+            if sanity and start == 0:
+                try:
+                    rho = randomisation_sanity(module, explainer, batch, explanation.target,
+                                               layers="all")["steps"][-1]["spearman"]
+                except Exception as exc:  # noqa: BLE001 - the scores stand without it
+                    log.warning("randomisation check of %s failed: %s", explainer.name, exc)
             for i, sample in enumerate(chunk):
                 row: dict[str, Any] = {"source": sample.source, "image_id": sample.image_id,
                                        "finding": sample.finding, "label": sample.label, "method": explainer.name,
                                        "target": int(explanation.target[i]),
                                        "seconds": explanation.seconds / len(chunk)}
                 row.update(scores[i].as_dict())
+                if i < len(rho) and math.isfinite(rho[i]):
+                    row["randomisation_rho"] = rho[i]
                 rows.append(row)
         log.info("evaluated %d/%d images", min(start + batch_images, len(samples)), len(samples))
     return rows, failures
@@ -223,7 +240,7 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (source, method), members in groups.items():
         entry: dict[str, Any] = {"source": source, "method": method, "n": len(members)}
-        for key in (*SCORE_KEYS, "seconds"):
+        for key in (*EVAL_KEYS, "seconds"):
             mean, sd, n = summarise([m[key] for m in members if key in m])
             entry[f"{key}_mean"], entry[f"{key}_sd"], entry[f"{key}_n"] = mean, sd, n
         out.append(entry)
@@ -243,7 +260,7 @@ def trust_order(summary: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
         values = {s["method"]: s[f"{key}_mean"] for s in summary if s.get(f"{key}_n", 0) > 0}
         if len(values) < 2:
             continue
-        sign = -1.0 if HIGHER_IS_BETTER[key] else 1.0
+        sign = -1.0 if DIRECTION[key] else 1.0
         ordered = sorted(values, key=lambda m: sign * values[m])
         for method in values:
             better = sum(1 for o in ordered if sign * values[o] < sign * values[method])
@@ -265,10 +282,10 @@ def markdown_table(summary: Sequence[dict[str, Any]], failures: dict[str, str] |
     for source in dict.fromkeys(s["source"] for s in summary):
         part = [s for s in summary if s["source"] == source]
         lines += [f"### {source} (n = {max(s['n'] for s in part)} images)", "",
-                  "| method | " + " | ".join(SCORE_KEYS) + " | s / image |",
-                  "|---|" + "---|" * (len(SCORE_KEYS) + 1)]
+                  "| method | " + " | ".join(EVAL_KEYS) + " | s / image |",
+                  "|---|" + "---|" * (len(EVAL_KEYS) + 1)]
         for s in part:
-            cells = [_fmt(s[f"{k}_mean"], s[f"{k}_sd"], s[f"{k}_n"]) for k in SCORE_KEYS]
+            cells = [_fmt(s[f"{k}_mean"], s[f"{k}_sd"], s[f"{k}_n"]) for k in EVAL_KEYS]
             cells.append(_fmt(s["seconds_mean"], s["seconds_sd"], s["seconds_n"], 2))
             lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
         order = trust_order(part)
@@ -276,8 +293,9 @@ def markdown_table(summary: Sequence[dict[str, Any]], failures: dict[str, str] |
                   + ", ".join(f"{i + 1}. {m} ({r:.1f})" for i, (m, r) in enumerate(order)), ""]
     if failures:
         lines += ["Failed methods:", ""] + [f"- {m}: {reason}" for m, reason in failures.items()] + [""]
-    direction = ", ".join(f"{k} {'↑' if up else '↓'}" for k, up in HIGHER_IS_BETTER.items())
-    lines += [f"Better is: {direction}. faithfulness = insertion AUC − deletion AUC (blurred baseline).", ""]
+    direction = ", ".join(f"{k} {'↑' if up else '↓'}" for k, up in DIRECTION.items())
+    lines += [f"Better is: {direction}. faithfulness = insertion AUC − deletion AUC (blurred baseline); "
+              "randomisation_rho = Spearman ρ of |map| with every layer re-initialised (first batch only).", ""]
     return "\n".join(lines)
 
 
@@ -298,7 +316,7 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [*SCORE_KEYS, "seconds"]
+    keys = [*EVAL_KEYS, "seconds"]
     methods = list(dict.fromkeys(s["method"] for s in summary))
     sources = list(dict.fromkeys(s["source"] for s in summary))
     cols = 4
@@ -316,7 +334,7 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_yticks(np.arange(len(methods)) + 0.4 - height / 2)
         ax.set_yticklabels(methods, fontsize=8)
         ax.invert_yaxis()
-        arrow = "" if key == "seconds" else (" ↑" if HIGHER_IS_BETTER[key] else " ↓")
+        arrow = "" if key == "seconds" else (" ↑" if DIRECTION[key] else " ↓")
         ax.set_title(("seconds / image" if key == "seconds" else key) + arrow, fontsize=10)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

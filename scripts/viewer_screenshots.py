@@ -64,7 +64,7 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -413,7 +413,7 @@ def gsps_dicomscope(source: Path, gsps: Path, work: Path, target: Path, size: tu
     # registration order = browser order: the image's series first, the GSPS series second
     subprocess.run(["dcmqridx", str(db), str(db / "image.dcm"), str(db / "pstate.dcm")], check=True,
                    capture_output=True)
-    cfg = DICOMSCOPE_CFG and Path(DICOMSCOPE_CFG).read_text(encoding="latin-1")
+    cfg = Path(DICOMSCOPE_CFG).read_text(encoding="latin-1")
     cfg = "\n".join(f"Directory = {db}" if line.startswith("Directory = /var/lib/dcmtk/db") else
                      f"LogDirectory = {work}" if line.startswith("LogDirectory") else line
                      for line in cfg.splitlines())

@@ -53,8 +53,11 @@ def test_evaluate_samples_summary_table_and_plot(classifier, tmp_path):
         assert row["image_id"] == sample.image_id and row["seconds"] > 0
         assert ("pointing_game" in row) == (sample.mask is not None)
         assert -1 <= row["faithfulness"] <= 1
+    # the randomisation check runs on the first batch (2 images): gradient × input depends on the weights
+    assert [("randomisation_rho" in r) for r in rows] == [True, True, False]
+    assert all(r["randomisation_rho"] < 0.9 for r in rows[:2])
     summary = ev.summarise_rows(rows)
-    assert len(summary) == 1 and summary[0]["n"] == 3
+    assert len(summary) == 1 and summary[0]["n"] == 3 and summary[0]["randomisation_rho_n"] == 2
     mean, sd, n = ev.summarise([r["sparseness"] for r in rows])
     assert summary[0]["sparseness_mean"] == pytest.approx(mean) and summary[0]["sparseness_sd"] == pytest.approx(sd)
     text = ev.markdown_table(summary, failures)
