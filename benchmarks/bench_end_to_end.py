@@ -268,10 +268,48 @@ def write_node_config(path: Path, node_port: int, spool: Path, orthanc: Orthanc,
     return path
 
 
+#: parameter names that PROFILE_PARAMS may spell differently from the explainer (settings bug work-around)
+PARAM_ALIASES = {"masks": "n_masks"}
+
+
+def profile_environment(profile: str) -> tuple[dict[str, str], str]:
+    """``MAMMOXAI_EXPLAINERS__*`` for ``profile``, and a note ('' when the profile is usable as it is).
+
+    When ``PROFILE_PARAMS[profile]`` names a parameter the explainer does not have (the node then
+    refuses to start), the same methods and values are passed as profile 'custom' with the
+    parameter's real name (:data:`PARAM_ALIASES`), and the note says so.
+    """
+    from mammoxai.config import PROFILE_METHODS, PROFILE_PARAMS
+    from mammoxai.explainers import explainer_class
+
+    params = PROFILE_PARAMS.get(profile, {})
+    fixed: dict[str, dict[str, Any]] = {}
+    renamed = []
+    for method, values in params.items():
+        allowed = explainer_class(method).defaults
+        fixed[method] = {}
+        for key, value in values.items():
+            if key not in allowed and PARAM_ALIASES.get(key) in allowed:
+                renamed.append(f"{method}.{key} -> {PARAM_ALIASES[key]}")
+                key = PARAM_ALIASES[key]
+            elif key not in allowed:
+                raise SystemExit(f"PROFILE_PARAMS[{profile!r}][{method!r}] has {key!r}, which {method} does not "
+                                 f"take (allowed: {sorted(allowed)})")
+            fixed[method][key] = value
+    if not renamed:
+        return {"MAMMOXAI_EXPLAINERS__PROFILE": profile}, ""
+    note = (f"PROFILE_PARAMS[{profile!r}] names parameter(s) the explainers do not take ({', '.join(renamed)}; "
+            "`mammoxai serve` refuses to start with it), so this run used profile 'custom' with the same methods "
+            "and values under the right names")
+    return {"MAMMOXAI_EXPLAINERS__PROFILE": "custom",
+            "MAMMOXAI_EXPLAINERS__ENABLED": json.dumps(PROFILE_METHODS[profile]),
+            "MAMMOXAI_EXPLAINERS__PARAMS": json.dumps(fixed)}, note
+
+
 def start_node(config: Path, log_path: Path, profile: str, quality: bool) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("MAMMOXAI_PIPELINE_FACTORY", None)
-    env["MAMMOXAI_EXPLAINERS__PROFILE"] = profile
+    env.update(profile_environment(profile)[0])
     env["MAMMOXAI_EXPLAINERS__QUALITY"] = "true" if quality else "false"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     log = open(log_path, "ab")
@@ -317,10 +355,17 @@ def send(port: int, path: Path) -> float:
 
 def job_line(log_path: Path, offset: int, job_id: int) -> tuple[dict[str, float], list[str]]:
     """The stage timings of ``job N done: instance ...`` and the explainer warnings logged since ``offset``."""
-    text = log_path.read_text(encoding="utf-8", errors="replace")[offset:]
+    marker = f" job {job_id} done: instance "
+    # the sender logs the line just after marking the job done in the queue: wait for it
+    deadline = time.monotonic() + 30
+    while True:
+        text = log_path.read_text(encoding="utf-8", errors="replace")[offset:]
+        if marker in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     timings: dict[str, float] = {}
     for line in text.splitlines():
-        if f" job {job_id} done: instance " in line:
+        if marker in line:
             timings = {k: float(v) for k, v in _TIMING.findall(line)}
     warnings = [line.split(": ", 1)[-1] for line in text.splitlines()
                 if "WARNING" in line and ("explainer" in line or "quality" in line)]
@@ -408,7 +453,7 @@ def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_
         orthanc.stop()
     from mammoxai.config import PROFILE_METHODS, PROFILE_PARAMS
 
-    return {"profile": profile, "methods": PROFILE_METHODS[profile], "params": PROFILE_PARAMS.get(profile, {}),
+    return {"profile": profile, "settings_note": profile_environment(profile)[1], "methods": PROFILE_METHODS[profile], "params": PROFILE_PARAMS.get(profile, {}),
             "phantom_shape": list(shape), "n_phantoms": n, "quality_scores": quality, "node_startup_s": startup_s,
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
             "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "images": records}
@@ -451,8 +496,10 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
         "checked for consistency; *node total* is the node's own figure from its log line). Real `mammoxai serve` "
         "subprocess (bundled demo CNN), real Debian Orthanc 1.10 on loopback, results sent by C-STORE. "
         "One image at a time, the next sent once the previous one's results are all in Orthanc: latency with an "
-        "empty queue, no queueing. One warm-up image first (not counted). Study summary SR excluded "
-        "(one study per image).", "",
+        "empty queue, no queueing. Study summary SR excluded (one study per image). Stage breakdown: the node's "
+        "per-job log line; *other* = total minus the named stages, i.e. what the pipeline does not time: mostly "
+        "the quality scores of every map (`explainers.quality`, on by default; `--no-quality` leaves them out), "
+        "plus queue hand-offs and staging.", "",
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), "
         f"torch {m['torch']}, Python {m['python']}, device {m['device']}.",
     ]
@@ -496,10 +543,15 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
         lines += [f"Profile `{r['profile']}` ({r['date_utc']} UTC): {', '.join(r['methods'])}"
                   + (f"; parameters: {params}" if params else "")
-                  + f"; quality scores {'on' if r.get('quality_scores', True) else 'off'}; node start-up {r['node_startup_s']:.1f} s; "
+                  + f"; quality scores {'on' if r.get('quality_scores', True) else 'off'}; "
+                  + ("one uncounted warm-up image first" if any(x["kind"] == "warm-up" for x in r["images"])
+                     else "no warm-up image (the first phantom is counted, model already loaded)")
+                  + f"; node start-up {r['node_startup_s']:.1f} s; "
                   f"load average at the end {r['load_average_end']}.", ""]
+        if r.get("settings_note"):
+            lines += [f"Note: {r['settings_note']}.", ""]
     lines += ["Run: `.venv/bin/python benchmarks/bench_end_to_end.py [--profiles fast full] [--n-fast 10] "
-              "[--n-full 3] [--shape 2048 1664] [--device cpu|cuda]`", ""]
+              "[--n-full 3] [--shape 2048 1664] [--device cpu|cuda] [--no-warmup] [--no-quality]`", ""]
     return "\n".join(lines)
 
 
@@ -515,17 +567,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="explainers.quality = false (default: true, the settings' default)")
     parser.add_argument("--no-warmup", action="store_true", help="no uncounted warm-up image first")
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. 'noquality')")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rebuild the Markdown from the JSON results already written")
     parser.add_argument("--timeout-per-image", type=float, default=3600.0)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     device_tag = ("cpu" if args.device == "cpu" else "cuda") + (f"_{args.tag}" if args.tag else "")
-    info = machine(args.device)
+    info = machine(args.device) if not args.report_only else {}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mammoxai-e2e-") as tmp:
         root = args.work or Path(tmp)
-        for profile in args.profiles:
+        for profile in ([] if args.report_only else args.profiles):
             n = args.n_fast if profile == "fast" else args.n_full
             result = run_profile(profile, n, tuple(args.shape), args.device, not args.no_cbis,
                                  args.timeout_per_image, root / profile, quality=not args.no_quality,
@@ -540,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"end_to_end_{device_tag}_{profile}.json"
         if path.exists():
             results.append(json.loads(path.read_text(encoding="utf-8")))
+    if not results:
+        raise SystemExit(f"no results in {args.out} for device {device_tag}")
     text = markdown(device_tag, results)
     (args.out / f"end_to_end_{device_tag}.md").write_text(text, encoding="utf-8")
     print(text)

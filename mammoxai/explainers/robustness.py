@@ -242,6 +242,8 @@ class _Pgd(_Attack):
             flipped = (logits.argmax(dim=1) != target) & ~done  # the current iterate already flips: keep it
             best = torch.where(flipped.view(-1, 1, 1, 1), delta, best)
             done |= flipped
+            if bool(done.all()):  # one check per step (not per copy): every copy already flipped
+                break
             delta = self._project(delta + self._step(grad, size), eps)
             if self.params["clamp"]:
                 delta = self._clip(u + delta) - u
@@ -310,8 +312,8 @@ class WassersteinAttack(_Attack):
     name = "wasserstein"
     display_name = "Wasserstein minimal flip"
     units = "Wasserstein transport cost of the unit-mass image (pixels^p × mass fraction)"
-    defaults = {**_Attack.attack_defaults, "eps_max": 0.05, "steps": 20, "step": 0.05, "lam": 1000.0,
-                "sinkhorn_iters": 50, "kernel_size": 5, "p": 2.0}
+    defaults = {**_Attack.attack_defaults, "n_eps": 4, "eps_max": 0.05, "steps": 10, "step": 0.05, "lam": 1000.0,
+                "sinkhorn_iters": 30, "kernel_size": 5, "p": 2.0}
 
     def _validate(self) -> None:
         super()._validate()
@@ -339,6 +341,8 @@ class WassersteinAttack(_Attack):
             flipped = (logits.argmax(dim=1) != target) & ~done
             best = torch.where(flipped.view(-1, 1, 1, 1), adv, best)
             done |= flipped
+            if bool(done.all()):
+                break
             stepped = adv + self.params["step"] * grad.sign()
             y = (stepped - offset)[:, 0] / total
             proj = projected_sinkhorn(x, y, eps, self.params["lam"], self.params["kernel_size"], self.params["p"],

@@ -261,7 +261,7 @@ def _shap_reference(cnn, image, seg, nsamples):
     return np.asarray(explainer.shap_values(np.ones((1, m)), nsamples=nsamples, l1_reg=False, silent=True))[0], f
 
 
-@pytest.mark.parametrize("n_segments,samples", [(8, 300), (16, 400)])
+@pytest.mark.parametrize("n_segments,samples", [(8, 300), (30, 400)])
 def test_kernel_shap_matches_shap(cnn, image, n_segments, samples, tools):
     ours = create("kernel_shap", samples=samples, n_segments=n_segments, batch_size=100, seed=0).explain(cnn, image, 1)
     seg = ours.extras["segments"][0]
