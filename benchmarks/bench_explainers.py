@@ -458,6 +458,12 @@ def build_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modu
 def method_params(method: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
     cls = xai.explainer_class(method)
     params: dict[str, Any] = {"batch_size": args.batch_size, "autocast": args.autocast}
+    meta = getattr(args, "metadata", None) or {}
+    for key in ("mean", "std"):            # as the node passes them (attacks work in [0, 1] intensities)
+        if key in cls.defaults and key in meta:
+            default = cls.defaults[key]
+            values = list(meta[key])
+            params[key] = values if isinstance(default, (list, tuple)) or default is None else float(values[0])
     if args.quick:
         params.update({k: v for k, v in QUICK_PARAMS.get(method, {}).items() if k in cls.defaults})
     params.update(extra.get(method, {}))
@@ -537,7 +543,7 @@ def memory_probe(args: argparse.Namespace) -> int:
     """Child process: run one method once at one size and print its peak RSS as JSON (CPU memory)."""
     device = torch.device(args.device)
     extra = json.loads(args.params)
-    model, x1, _, _ = build_model(args, device)
+    model, x1, _, args.metadata = build_model(args, device)
     size = args.probe_size
     x = x1 if size == 0 else torch.randn(1, x1.shape[1], size, size, device=device)
     explainer = xai.create(args.probe, **probe_params(args.probe, args, extra, args.probe_cap))
@@ -657,7 +663,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--autocast", choices=["off", "bf16", "fp16"], default="off", help="CUDA only")
     p.add_argument("--checkpoint", default="demo", help="'demo' (falls back to a random model), a .pt, or ''")
     p.add_argument("--architecture", default="resnet10t", help="timm name for the random model")
-    p.add_argument("--input-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--input-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="input of the random model (a checkpoint brings its own)")
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--images", type=int, default=1, help="images per explain call")
     p.add_argument("--batch-size", type=int, default=16, help="forward batch of sampled methods (ours and refs)")
@@ -698,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     extra = json.loads(args.params)
     model, x1, desc, meta = build_model(args, device)
+    args.metadata = meta
     args.in_chans = x1.shape[1]
     x = x1.expand(args.images, *x1.shape[1:]).contiguous()
     with torch.no_grad():

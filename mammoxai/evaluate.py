@@ -365,7 +365,10 @@ def build_explainers(settings: Any, classifier: Any) -> list[Explainer]:
             raise EvaluateError(f"explainers.enabled: {exc}") from None
         params: dict[str, Any] = {"seed": settings.explainers.seed, "batch_size": settings.explainers.batch_size,
                                   "autocast": settings.model.autocast}
-        params.update({k: list(getattr(meta, k)) for k in ("mean", "std") if k in cls.defaults})
+        for key in ("mean", "std"):   # the checkpoint's normalisation, for methods that work in intensities
+            if key in cls.defaults:
+                values = [float(v) for v in getattr(meta, key)]
+                params[key] = values[0] if isinstance(cls.defaults[key], float) else values
         params.update(settings.explainers.parameters_for(name))
         try:
             explainers.append(create(name, **params))

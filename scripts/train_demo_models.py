@@ -45,7 +45,7 @@ VIT = {
     "architecture": "vit_tiny_patch16_224",
     "model_kwargs": {"img_size": [224, 192], "depth": 4},
     "input_size": (224, 192),
-    "epochs": 6, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.05,
+    "epochs": 4, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.05,
     "description": "mammoxai demo ViT (vit_tiny_patch16_224, 4 blocks, 1 channel, 224x192)",
 }
 VERSION = "1.0.0"
@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=400)
     parser.add_argument("--cache", type=Path, help="folder to cache the preprocessed phantoms in")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cnn-epochs", type=int, default=CNN["epochs"])
+    parser.add_argument("--vit-epochs", type=int, default=VIT["epochs"])
     args = parser.parse_args(argv)
+    CNN["epochs"], VIT["epochs"] = args.cnn_epochs, args.vit_epochs
     torch.set_num_threads(args.threads)
     kinds = [args.only] if args.only else ["cnn", "vit"]
     configs = {"cnn": CNN, "vit": VIT}

@@ -25,7 +25,7 @@ from torch import nn
 
 from ._pert_common import (SCORES, baseline_image, check_baseline, compose_from_presence, evaluate_chunked,
                            hidden_image, superpixels)
-from .base import Explainer, register
+from .base import Explainer, ExplainerError, register
 
 __all__ = ["Occlusion", "Rise", "Lime", "KernelShap", "occlusion_windows", "rise_masks", "lime_kernel",
            "lime_surrogate", "shapley_coalitions", "kernel_shap_solve"]
@@ -96,6 +96,8 @@ class Occlusion(Explainer):
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         patch, stride, bs = self.params["patch"], self.params["stride"], self.params["batch_size"]
         _, _, height, width = batch.shape
+        if patch > height or patch > width:
+            raise ExplainerError(self.name, f"patch {patch} is larger than the {height}×{width} input")
         ys, xs = occlusion_windows(height, width, patch, stride, batch.device)
         maps = []
         for i in range(batch.shape[0]):

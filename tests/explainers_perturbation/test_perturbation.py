@@ -44,7 +44,10 @@ def test_occlusion_windows_cover_every_pixel():
         occlusion_windows(4, 4, 6, 2, torch.device("cpu"))
 
 
-def test_occlusion_rejects_bad_parameters():
+def test_occlusion_rejects_bad_parameters(cnn):
+    from mammoxai.explainers import ExplainerError
+    with pytest.raises(ExplainerError, match="larger than"):
+        create("occlusion", patch=40, stride=8).explain(cnn, torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="stride"):
         create("occlusion", patch=4, stride=8)
     with pytest.raises(ValueError, match="baseline"):
