@@ -523,20 +523,24 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
             f"{s['max_s']:.2f} | {s['median_node_total_s']:.2f} | {'/'.join(map(str, outputs))} | {cbis_text} | "
             f"{warm_text} |")
     lines += ["", "p95: linear interpolation over the phantoms (with N ≤ 10 it is close to the maximum).", ""]
+    # stage breakdown: one row per stage, one column per profile (phantom median, then the real image)
+    columns: list[tuple[str, dict[str, float]]] = []
     for r in results:
-        s = r["summary"]["stages_median_s"]
-        keys = stage_order(list(s))
-        lines += [f"### Stage breakdown, profile `{r['profile']}` (median over the phantoms, from the node's "
-                  "per-job log line)", "",
-                  "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                  "| " + " | ".join(f"{s[k]:.3f}" for k in keys) + " |", ""]
+        columns.append((f"{r['profile']}: phantoms, median", r["summary"]["stages_median_s"]))
         cbis = [x for x in r["images"] if x["kind"] == "cbis-ddsm"]
         if cbis and cbis[0]["stages_s"]:
             c = dict(cbis[0]["stages_s"])
             named = {k: v for k, v in c.items() if k != "total"}
             if "total" in c:
                 c["other"] = c["total"] - sum(named.values())
-            lines += ["Real CBIS-DDSM image: " + ", ".join(f"{k} {c[k]:.3f}" for k in stage_order(list(c))), ""]
+            columns.append((f"{r['profile']}: CBIS-DDSM", c))
+    keys = stage_order(sorted({k for _, c in columns for k in c}))
+    lines += ["### Stage breakdown (s), from the node's per-job log line", "",
+              "| stage | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(f"{c[k]:.3f}" if k in c else "—" for _, c in columns) + " |")
+    lines.append("")
+    for r in results:
         warns = sorted({w for x in r["images"] for w in x["warnings"]})
         if warns:
             lines += ["Warnings logged by the node: " + "; ".join(f"`{w}`" for w in warns[:8]), ""]

@@ -152,7 +152,9 @@ class Pipeline:
         for name, failure in run.failures.items():
             log.warning("explainer %s failed: %s", name, failure.reason)
 
+        start = time.perf_counter()
         scores = self._score(batch, run.explanations)
+        quality_seconds = (time.perf_counter() - start) / len(prepared)
         names = tuple(self.classifier.metadata.class_names)
         for i, p in enumerate(prepared):
             maps = []
@@ -168,6 +170,8 @@ class Pipeline:
                 ))
                 p.item.timings[f"explain.{name}"] = explanation.seconds / len(prepared)
             p.item.timings["predict"] = predict_seconds
+            if scores:
+                p.item.timings["quality"] = quality_seconds
             p.item.result = ImageResult(
                 class_names=names,
                 probabilities=tuple(float(v) for v in probabilities[i]),

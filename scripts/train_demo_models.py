@@ -3,8 +3,8 @@
 
 * ``mammoxai/models/demo/demo_cnn.pt`` (+ ``.json``): a narrow ``resnet10t`` (timm), 1 channel,
   input 256 x 208 - the default model; Grad-CAM / LRP friendly.
-* ``mammoxai/models/demo/demo_vit.pt`` (+ ``.json``): ``vit_tiny_patch16_224`` with 4 blocks,
-  1 channel, input 224 x 192 - for the attention explainers.
+* ``mammoxai/models/demo/demo_vit.pt`` (+ ``.json``): hybrid ViT ``vit_tiny_r_s16_p8_224`` (ResNet stem,
+  6 transformer blocks, 14 x 12 tokens), 1 channel, input 224 x 192 - for the attention explainers.
 
 Training phantoms: seeds ``0 .. N-1`` (``mammoxai.models.training.training_seeds``), generated
 at 512 x 416 (all phantom sizes are relative, so this only sets the cost). Held-out phantoms:
@@ -42,11 +42,13 @@ CNN = {
     "description": "mammoxai demo CNN (narrow resnet10t, 1 channel, 256x208)",
 }
 VIT = {
-    "architecture": "vit_tiny_patch16_224",
-    "model_kwargs": {"img_size": [224, 192], "depth": 4},
+    # a hybrid ViT: a ResNet-v2 stem (stride 4) feeds 4x4 patches (14 x 12 tokens) to 6 ViT-tiny blocks.
+    # A plain vit_tiny_patch16 from scratch stayed at chance (AUC ~0.64) on 1600 phantoms; the conv stem learns.
+    "architecture": "vit_tiny_r_s16_p8_224",
+    "model_kwargs": {"img_size": [224, 192], "depth": 6, "patch_size": 4},
     "input_size": (224, 192),
-    "epochs": 4, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.05,
-    "description": "mammoxai demo ViT (vit_tiny_patch16_224, 4 blocks, 1 channel, 224x192)",
+    "epochs": 3, "lr": 5e-4, "batch_size": 32, "weight_decay": 0.05,
+    "description": "mammoxai demo hybrid ViT (vit_tiny_r_s16_p8_224, 6 blocks, 14x12 tokens, 1 channel, 224x192)",
 }
 VERSION = "1.0.0"
 SEED = 0
@@ -77,7 +79,7 @@ def phantom_arrays_multi(seeds: range, sizes: list[tuple[int, int]], cache: Path
     return out
 
 
-def train_one(kind: str, cfg: dict, train: dict, val: dict, report: dict) -> None:
+def train_one(kind: str, cfg: dict, train: dict, val: dict, report: dict, full_size_check: int = 100) -> None:
     h, w = cfg["input_size"]
     key = f"x{h}x{w}"
     out = demo_checkpoint(kind)
@@ -97,13 +99,14 @@ def train_one(kind: str, cfg: dict, train: dict, val: dict, report: dict) -> Non
     train_s = time.perf_counter() - t0
     clf = load_classifier(out, device="cpu")
     t1 = time.perf_counter()
-    auc_full, acc_full = validate_on_phantoms(clf, 100, validation_seeds(100).start, shape=(1024, 832))
+    auc_full, acc_full = validate_on_phantoms(clf, full_size_check, validation_seeds(1).start, shape=(1024, 832))
     report[kind] = {"checkpoint": str(out), "bytes": out.stat().st_size, "val_auc_400": result.val_auc,
                     "train_seconds": round(train_s, 1), "history": result.history,
-                    "auc_100_full_size_1024x832": round(auc_full, 4), "acc_100_full_size": round(acc_full, 4),
+                    f"auc_{full_size_check}_full_size_1024x832": round(auc_full, 4),
+                    f"acc_{full_size_check}_full_size_1024x832": round(acc_full, 4),
                     "full_size_check_seconds": round(time.perf_counter() - t1, 1)}
     print(f"{kind}: AUC {result.val_auc:.4f} on {len(val['y'])} held-out phantoms, trained in {train_s:.0f} s; "
-          f"full-size (1024x832) check: AUC {auc_full:.4f} on 100", flush=True)
+          f"full-size (1024x832) check: AUC {auc_full:.4f} on {full_size_check}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=400)
     parser.add_argument("--cache", type=Path, help="folder to cache the preprocessed phantoms in")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--full-size-check", type=int, default=100,
+                        help="also check each model on this many held-out phantoms at the default 1024x832")
     parser.add_argument("--cnn-epochs", type=int, default=CNN["epochs"])
     parser.add_argument("--vit-epochs", type=int, default=VIT["epochs"])
     args = parser.parse_args(argv)
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     train = phantom_arrays_multi(train_range, sizes, args.cache, "train")
     report["phantom_seconds"] = round(time.perf_counter() - t0, 1)
     for kind in kinds:
-        train_one(kind, configs[kind], train, val, report)
+        train_one(kind, configs[kind], train, val, report, args.full_size_check)
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(report, indent=1, default=str))
     return 0

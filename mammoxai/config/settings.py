@@ -146,7 +146,7 @@ PROFILE_METHODS: dict[str, list[str]] = {
 PROFILE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {"integrated_gradients": {"steps": 16}, "occlusion": {"patch": 32, "stride": 32}},
     "full": {
-        "integrated_gradients": {"steps": 64}, "smoothgrad": {"samples": 50}, "rise": {"masks": 4000},
+        "integrated_gradients": {"steps": 64}, "smoothgrad": {"samples": 50}, "rise": {"n_masks": 4000},
         "lime": {"samples": 1000}, "kernel_shap": {"samples": 1000}, "occlusion": {"patch": 16, "stride": 8},
     },
 }

@@ -18,10 +18,10 @@ from mammoxai.models import load_classifier
 from mammoxai.models.phantoms import generate_phantom
 
 CNN_METHODS = {
-    "occlusion": {"patch": 64, "stride": 48, "batch_size": 32},
-    "rise": {"n_masks": 48, "cells": 6, "batch_size": 48},
-    "lime": {"samples": 48, "n_segments": 20, "batch_size": 48},
-    "kernel_shap": {"samples": 48, "n_segments": 20, "batch_size": 48},
+    "occlusion": {"patch": 64, "stride": 64, "batch_size": 32},
+    "rise": {"n_masks": 32, "cells": 6, "batch_size": 32},
+    "lime": {"samples": 32, "n_segments": 16, "batch_size": 32},
+    "kernel_shap": {"samples": 32, "n_segments": 16, "batch_size": 32},
 }
 
 
@@ -75,9 +75,9 @@ def test_robustness_methods_on_demo_cnn(demo_cnn, phantoms):
     x = phantoms[0][0]
     settings = {
         "fgsm": {"eps_max": 0.04, "n_eps": 4},
-        "pgd_linf": {"eps_max": 0.02, "n_eps": 2, "steps": 3},
-        "pgd_l2": {"eps_max": 2.0, "n_eps": 2, "steps": 3},
-        "wasserstein": {"eps_max": 0.05, "n_eps": 1, "steps": 2, "sinkhorn_iters": 10, "step": 0.02},
+        "pgd_linf": {"eps_max": 0.02, "n_eps": 2, "steps": 2},
+        "pgd_l2": {"eps_max": 2.0, "n_eps": 2, "steps": 2},
+        "wasserstein": {"eps_max": 0.05, "n_eps": 1, "steps": 2, "sinkhorn_iters": 5, "step": 0.02},
     }
     for name, params in settings.items():
         result = create(name, mean=mean, std=std, batch_size=8, **params).explain(demo_cnn.module, x)

@@ -188,7 +188,7 @@ def test_lime_lasso_matches_sklearn():
 
 def test_lime_end_to_end_matches_lime_package(cnn, image, tools):
     lime_image, seg, rgb, classifier_fn = _lime_setup(cnn, image)
-    samples = 500
+    samples = 300
     exp = lime_image.LimeImageExplainer(random_state=0).explain_instance(
         rgb, classifier_fn, labels=(1,), top_labels=None, hide_color=None, num_samples=samples, batch_size=100,
         segmentation_fn=lambda img: seg.numpy(), num_features=100000)
@@ -297,9 +297,9 @@ def test_kernel_shap_matches_captum_kernelshap(cnn, image, tools):
 
 @pytest.mark.parametrize("name,params", [
     ("occlusion", {"patch": 12, "stride": 6}),
-    ("rise", {"n_masks": 300, "cells": 4}),
-    ("lime", {"samples": 300, "n_segments": 25}),
-    ("kernel_shap", {"samples": 300, "n_segments": 25}),
+    ("rise", {"n_masks": 150, "cells": 4}),
+    ("lime", {"samples": 150, "n_segments": 25}),
+    ("kernel_shap", {"samples": 150, "n_segments": 25}),
 ])
 def test_model_randomisation_changes_the_map(cnn, image, name, params, tools):
     explainer = create(name, batch_size=100, **params)

@@ -39,7 +39,7 @@ def test_phantom_study_is_classified_explained_and_written(pipeline, phantom_fil
             assert ds.StudyInstanceUID == source.StudyInstanceUID
             assert ds.PatientID == source.PatientID
             assert is_our_output(ds, pipeline.settings.output)
-        assert {"read", "predict", "explain.gradcam", "explain.saliency", "write"} <= set(item.timings)
+        assert {"read", "predict", "explain.gradcam", "explain.saliency", "quality", "write"} <= set(item.timings)
     summary = pipeline.study_summary(items)
     assert summary is not None and summary.Modality == "SR"
     assert summary.StudyInstanceUID == items[0].outputs[0].StudyInstanceUID
@@ -108,3 +108,16 @@ def test_wrong_positive_class_is_a_settings_error(fast_settings, pipeline):
     fast_settings.model.positive_class = "cancer"
     with pytest.raises(SettingsError, match="model.positive_class"):
         Pipeline(fast_settings, classifier=pipeline.classifier)
+
+
+@pytest.mark.parametrize("profile", ["fast", "full"])
+def test_every_profile_builds_with_valid_parameters(profile, pipeline):
+    from mammoxai.config import PROFILE_METHODS, load_settings
+
+    settings = load_settings()
+    settings.explainers.profile = profile
+    explainers = build_explainers(settings, pipeline.classifier)
+    assert [e.name for e in explainers] == PROFILE_METHODS[profile]
+    for explainer in explainers:
+        for key, value in settings.explainers.parameters_for(explainer.name).items():
+            assert explainer.params[key] == value
