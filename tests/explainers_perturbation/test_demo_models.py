@@ -77,7 +77,7 @@ def test_robustness_methods_on_demo_cnn(demo_cnn, phantoms):
         "fgsm": {"eps_max": 0.04, "n_eps": 4},
         "pgd_linf": {"eps_max": 0.02, "n_eps": 2, "steps": 2},
         "pgd_l2": {"eps_max": 2.0, "n_eps": 2, "steps": 2},
-        "wasserstein": {"eps_max": 0.05, "n_eps": 1, "steps": 2, "sinkhorn_iters": 5, "step": 0.02},
+        "wasserstein": {"eps_max": 0.05, "n_eps": 1, "steps": 2, "sinkhorn_iters": 10, "step": 0.02},
     }
     for name, params in settings.items():
         result = create(name, mean=mean, std=std, batch_size=8, **params).explain(demo_cnn.module, x)
