@@ -346,39 +346,9 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def build_explainers(settings: Any, classifier: Any) -> list[Explainer]:
-    """The configured explainers with their settings' parameters (as the node builds them).
-
-    Common parameters come from ``explainers.seed`` / ``batch_size`` and
-    ``model.autocast``; ``mean`` / ``std`` from the checkpoint where the method
-    takes them; then ``explainers.params.NAME``. A bad name or parameter is an
-    :class:`EvaluateError` naming the key.
-    """
-    from .explainers import create, explainer_class
-
-    explainers = []
-    meta = classifier.metadata
-    for name in settings.explainers.methods():
-        try:
-            cls = explainer_class(name)
-        except ValueError as exc:
-            raise EvaluateError(f"explainers.enabled: {exc}") from None
-        params: dict[str, Any] = {"seed": settings.explainers.seed, "batch_size": settings.explainers.batch_size,
-                                  "autocast": settings.model.autocast}
-        for key in ("mean", "std"):   # the checkpoint's normalisation, for methods that work in intensities
-            if key in cls.defaults:
-                values = [float(v) for v in getattr(meta, key)]
-                params[key] = values[0] if isinstance(cls.defaults[key], float) else values
-        params.update(settings.explainers.parameters_for(name))
-        try:
-            explainers.append(create(name, **params))
-        except ValueError as exc:
-            raise EvaluateError(f"explainers.params.{name}: {exc}") from None
-    return explainers
-
-
 def _load(settings: Any, names: str | None) -> tuple[Any, list[Explainer], Any]:
     from .models import load_classifier
+    from .pipeline import build_explainers
 
     settings = copy.deepcopy(settings)
     if names:

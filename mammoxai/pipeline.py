@@ -66,9 +66,14 @@ class _Prepared:
 
 
 def build_explainers(settings: Settings, classifier: Classifier) -> list[Explainer]:
-    """The configured explainers, with parameters from the settings; a bad name or parameter is a SettingsError."""
+    """The configured explainers; a bad name or parameter is a :class:`SettingsError` naming the key.
+
+    Parameters, later ones winning: ``explainers.seed`` / ``batch_size`` and ``model.autocast``; the
+    checkpoint's ``mean`` / ``std`` for methods that work in intensities; the checkpoint metadata's
+    ``explainer_params`` (e.g. the demo CNN's CAM target layer); ``[explainers.params.NAME]``.
+    """
     explainers = []
-    extra = {"mean": list(classifier.metadata.mean), "std": list(classifier.metadata.std)}
+    meta = classifier.metadata
     for name in settings.explainers.methods():
         try:
             cls = explainer_class(name)
@@ -76,7 +81,13 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
             raise SettingsError(f"explainers.enabled: {exc}") from None
         params: dict[str, Any] = {"seed": settings.explainers.seed, "batch_size": settings.explainers.batch_size,
                                   "autocast": settings.model.autocast}
-        params.update({k: v for k, v in extra.items() if k in cls.defaults})
+        for key in ("mean", "std"):  # the checkpoint's normalisation, for methods that work in intensities
+            if key in cls.defaults:
+                values = [float(v) for v in getattr(meta, key)]
+                params[key] = values[0] if isinstance(cls.defaults[key], float) else values
+        # The checkpoint may declare per-method defaults (e.g. its CAM target layer); settings override them.
+        params.update({k: v for k, v in getattr(meta, "explainer_params", {}).get(name, {}).items()
+                       if k in cls.defaults})
         params.update(settings.explainers.parameters_for(name))
         try:
             explainers.append(create(name, **params))
@@ -184,11 +195,16 @@ class Pipeline:
     def _score(self, batch: torch.Tensor, explanations: dict[str, Explanation]) -> dict[str, list[dict[str, float]]]:
         if not self.settings.explainers.quality:
             return {}
+        options = self.settings.explainers
+        by_name = {e.name: e for e in self.explainers}
         scores: dict[str, list[dict[str, float]]] = {}
         for name, explanation in explanations.items():
             try:
-                scores[name] = score_explanation(self.classifier.module, batch, explanation,
-                                                 batch_size=self.settings.explainers.batch_size)
+                scores[name] = score_explanation(
+                    self.classifier.module, batch, explanation,
+                    explainer=by_name.get(name) if options.sensitivity_samples else None,
+                    steps=options.quality_steps, baseline=options.quality_baseline, batch_size=options.batch_size,
+                    sensitivity_samples=max(options.sensitivity_samples, 1))
             except Exception as exc:  # noqa: BLE001 - a failed score never loses the map
                 log.warning("quality scores for %s failed: %s", name, exc)
         return scores

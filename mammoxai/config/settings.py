@@ -164,6 +164,10 @@ class ExplainerSettings(_Section):
         default="predicted", description="explain the predicted class, or always the positive (malignant) class")
     time_budget_s: float = Field(default=300.0, gt=0, description="per explainer, per image")
     quality: bool = Field(default=True, description="compute quality scores for every map")
+    quality_steps: int = Field(default=20, ge=2, description="deletion/insertion curve steps")
+    quality_baseline: Literal["blur", "mean", "zero"] = "blur"
+    sensitivity_samples: int = Field(
+        default=2, ge=0, description="noisy re-runs per map for max-sensitivity; 0 disables it")
 
     def methods(self) -> list[str]:
         if self.enabled is not None:

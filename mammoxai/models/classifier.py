@@ -47,7 +47,10 @@ class ModelMetadata:
     ``class_names`` in output order and ``positive_class`` (the "malignant"
     score); ``version``, ``description``, ``intended_use``, ``trained_on``;
     ``training``: free-form record (seed, epochs, validation AUC, seconds...);
-    ``weights_dtype``: how the .pt stores float tensors.
+    ``weights_dtype``: how the .pt stores float tensors; ``explainer_params``:
+    per-method defaults the model's author recommends (e.g. ``{"gradcam":
+    {"target_layer": "layer3"}}`` where the last stage's grid is too coarse for
+    small lesions); the settings' ``[explainers.params.NAME]`` override them.
     """
 
     architecture: str
@@ -64,6 +67,7 @@ class ModelMetadata:
     trained_on: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     weights_dtype: str = "float32"
+    explainer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = METADATA_FORMAT
 
     def __post_init__(self) -> None:
@@ -90,6 +94,9 @@ class ModelMetadata:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of class_names {list(self.class_names)}")
         if not isinstance(self.model_kwargs, dict) or not isinstance(self.training, dict):
             raise ValueError("model_kwargs and training must be JSON objects")
+        if not isinstance(self.explainer_params, dict) or not all(
+                isinstance(v, dict) for v in self.explainer_params.values()):
+            raise ValueError("explainer_params must map method names to JSON objects of parameters")
         if self.weights_dtype not in ("float32", "float16"):
             raise ValueError(f"weights_dtype {self.weights_dtype!r} must be 'float32' or 'float16'")
 

@@ -193,7 +193,8 @@ def train_classifier(train: ArrayDataset, val: ArrayDataset | None, *, architect
                      trained_on: str = "", version: str = "0.1.0", half: bool = False,
                      extra_training: dict[str, Any] | None = None, progress: bool = True,
                      warmup_fraction: float = 0.05, label_smoothing: float = 0.0,
-                     on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+                     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                     explainer_params: dict[str, dict[str, Any]] | None = None) -> TrainResult:
     """Train ``architecture`` (timm, from scratch) on cached arrays and save a checkpoint + sidecar at ``out``.
 
     The mean/std stored in the metadata are measured on the training images.
@@ -210,7 +211,8 @@ def train_classifier(train: ArrayDataset, val: ArrayDataset | None, *, architect
     metadata = ModelMetadata(
         architecture=architecture, input_size=tuple(int(v) for v in input_size), in_chans=1,
         mean=(round(mean, 5),), std=(round(std, 5),), model_kwargs=dict(model_kwargs or {}),
-        version=version, description=description, intended_use=intended_use, trained_on=trained_on)
+        version=version, description=description, intended_use=intended_use, trained_on=trained_on,
+        explainer_params=dict(explainer_params or {}))
     module = create_module(metadata).to(torch_device)
     decay, no_decay = [], []
     for name, p in module.named_parameters():

@@ -32,6 +32,7 @@ def test_phantom_study_is_classified_explained_and_written(pipeline, phantom_fil
         for method_map in result.maps:
             assert method_map.heatmap.shape == (source.Rows, source.Columns)  # back on the stored grid
             assert method_map.quality["sparseness"] >= 0  # quality scores travel with the map
+            assert {"faithfulness", "deletion_auc", "insertion_auc", "max_sensitivity"} <= set(method_map.quality)
         modalities = sorted(ds.Modality for ds in item.outputs)
         assert modalities.count("SR") == 1 and modalities.count("PR") == 1 and modalities.count("SEG") == 2
         assert "OT" in modalities  # the overlay SC(s) and the montage

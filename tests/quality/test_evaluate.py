@@ -147,7 +147,8 @@ def test_cli_bench_unknown_name_is_a_one_line_error(capsys):
 
 
 def test_build_explainers_from_settings(classifier):
-    from mammoxai.config import Settings
+    from mammoxai.config import Settings, SettingsError
+    from mammoxai.pipeline import build_explainers
     from mammoxai.explainers.base import _REGISTRY, register
 
     class Normalised(InputGradient):
@@ -162,15 +163,15 @@ def test_build_explainers_from_settings(classifier):
         settings.explainers.enabled = ["test_normalised", "test_input_gradient"]
         settings.explainers.seed = 5
         settings.explainers.params = {"test_input_gradient": {"times_input": True}}
-        built = ev.build_explainers(settings, classifier)
+        built = build_explainers(settings, classifier)
         assert [e.name for e in built] == ["test_normalised", "test_input_gradient"]
         assert built[0].params["mean"] == pytest.approx(classifier.metadata.mean[0]) and built[0].params["seed"] == 5
         assert built[1].params["times_input"] is True
         settings.explainers.params = {"test_input_gradient": {"times_input": "yes"}}
-        with pytest.raises(ev.EvaluateError, match="explainers.params.test_input_gradient"):
-            ev.build_explainers(settings, classifier)
+        with pytest.raises(SettingsError, match="explainers.params.test_input_gradient"):
+            build_explainers(settings, classifier)
         settings.explainers.enabled = ["no_such_method"]
-        with pytest.raises(ev.EvaluateError, match="explainers.enabled"):
-            ev.build_explainers(settings, classifier)
+        with pytest.raises(SettingsError, match="explainers.enabled"):
+            build_explainers(settings, classifier)
     finally:
         _REGISTRY.pop(Normalised.name, None)
