@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mammoxai.models._torchvision_compat import ensure_torchvision_importable, import_timm  # noqa: E402
+from mammoxai.models._torchvision_compat import ensure_torchvision_importable  # noqa: E402
 
 ensure_torchvision_importable()
 

@@ -47,7 +47,6 @@ def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings
                          laterality=mammogram.laterality)
     layers, annotations = [], []
     rows, cols = int(source.Rows), int(source.Columns)
-    font_box_h = max(12.0, rows * 0.02)
     for order, method_map in enumerate(result.maps, start=1):
         method_regions = regions.get(method_map.method, [])
         if not method_regions:

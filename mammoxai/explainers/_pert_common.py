@@ -11,8 +11,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ._blur import gaussian_blur  # noqa: F401 - re-exported for the perturbation tests
 
 SCORES = ("logit", "probability")
 
@@ -46,25 +47,6 @@ def evaluate_chunked(model: nn.Module, make_inputs: Callable[[int, int], torch.T
         stop = min(count, start + batch_size)
         out.append(target_scores(model(make_inputs(start, stop)), target, score))
     return torch.cat(out) if out else torch.zeros(0)
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding (kernel radius ``3σ``)."""
-    if sigma <= 0:
-        return image.clone()
-    radius = max(1, int(round(3 * sigma)))
-    axis = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-    kernel = torch.exp(-0.5 * (axis / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = image.shape[1]
-    pad_h = min(radius, image.shape[2] - 1)
-    pad_w = min(radius, image.shape[3] - 1)
-    out = F.pad(image, (pad_w, pad_w, pad_h, pad_h), mode="reflect") if pad_h and pad_w else image
-    kh = kernel[radius - pad_h: radius + pad_h + 1].view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    kw = kernel[radius - pad_w: radius + pad_w + 1].view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    out = F.conv2d(out, kh, groups=channels)
-    out = F.conv2d(out, kw, groups=channels)
-    return out
 
 
 def baseline_image(image: torch.Tensor, baseline: float | str | None, blur_sigma: float) -> torch.Tensor:

@@ -17,14 +17,13 @@ fields are never touched and graphs are freed after each chunk.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._blur import gaussian_blur
 from ._grad_hooks import has_activation, modified_backward
 from .base import Explainer, ExplainerNotApplicable, register
 
@@ -48,22 +47,6 @@ def input_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor)
     return grad
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    coords = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    pad_h = min(radius, x.shape[2] - 1)
-    pad_w = min(radius, x.shape[3] - 1)
-    out = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect") if pad_h else x
-    k = kernel[radius - pad_h: radius + pad_h + 1] if pad_h < radius else kernel
-    out = F.conv2d(out, k.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-    out = F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w else out
-    k = kernel[radius - pad_w: radius + pad_w + 1] if pad_w < radius else kernel
-    return F.conv2d(out, k.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-
-
 def make_baseline(batch: torch.Tensor, kind: str, blur_sigma: float = 8.0) -> torch.Tensor:
     """Reference input for path/difference methods, same shape as ``batch``.
 
@@ -77,7 +60,7 @@ def make_baseline(batch: torch.Tensor, kind: str, blur_sigma: float = 8.0) -> to
     if kind == "mean":
         return batch.mean(dim=(2, 3), keepdim=True).expand_as(batch).clone()
     if kind == "blur":
-        return _gaussian_blur(batch, blur_sigma)
+        return gaussian_blur(batch, blur_sigma)
     if kind == "zero":
         return torch.zeros_like(batch)
     raise ValueError(f"unknown baseline {kind!r} (allowed: {', '.join(BASELINES)})")

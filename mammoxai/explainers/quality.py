@@ -51,9 +51,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._blur import gaussian_blur  # noqa: F401 - part of this module's API
 from .base import Explainer, Explanation
 
 log = logging.getLogger(__name__)
@@ -125,22 +125,6 @@ def _targets(target: int | torch.Tensor, n: int, device: torch.device) -> torch.
 
 def _accumulate_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur ``N×C×H×W`` with a separable Gaussian of ``sigma`` pixels (reflect padding, radius 3σ)."""
-    if sigma <= 0:
-        return batch.clone()
-    h, w = batch.shape[-2:]
-    radius = max(1, min(int(math.ceil(3 * sigma)), h - 1, w - 1))
-    coords = torch.arange(-radius, radius + 1, device=batch.device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(batch.dtype)
-    c = batch.shape[1]
-    x = F.pad(batch, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return x
 
 
 def make_baseline(batch: torch.Tensor, baseline: Baseline = "blur", *, blur_sigma: float = 0.04) -> torch.Tensor:

@@ -212,7 +212,6 @@ def generate_phantom(seed: int, *, finding: str | None = None, laterality: str |
         bow = u(-0.15, 0.15)
         pn = xx / pw + yy / ph
         pectoral = (pn + bow * (xx / pw) * (yy / ph) < 1.0)
-    tissue = breast | pectoral
 
     # thickness fall-off towards the skin (compressed breast)
     skin_px = max(1.5, h * 0.004)

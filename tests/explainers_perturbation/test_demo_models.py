@@ -119,12 +119,16 @@ def test_attention_on_demo_vit_matches_manual_rollout(demo_vit):
     for a in manual:  # dense rollout
         a = (a.mean(1) + torch.eye(a.shape[-1])) / 2
         result = (a / a.sum(-1, keepdim=True)) @ result
-    ref = result[0, 0, 1:].reshape(1, 14, 12)
+    if model.global_pool == "token":  # the class token's row of the rollout
+        ref = result[0, 0, 1:].reshape(1, 14, 12)
+    else:  # average-pooled head: the mean of the patch tokens' rows
+        ref = result[0, 1:, 1:].mean(0).reshape(1, 14, 12)
     heat = create("attention_rollout").explain(model, x).heatmap
     expected = F.interpolate(ref[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     assert torch.allclose(heat, expected, rtol=1e-4, atol=1e-7)
     with torch.no_grad(), capture_attention(model) as record:
         model(x)
-    assert torch.allclose(vit_rollout(record.attentions, 1, (14, 12), True), ref, rtol=1e-4, atol=1e-7)
+    use_cls = model.global_pool == "token"
+    assert torch.allclose(vit_rollout(record.attentions, 1, (14, 12), use_cls), ref, rtol=1e-4, atol=1e-7)
     last = create("attention_last").explain(model, x).heatmap
     assert last.shape == (1, h, w) and torch.isfinite(last).all()

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from mammoxai import cli
 from mammoxai import evaluate as ev
