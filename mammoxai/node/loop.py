@@ -4,7 +4,7 @@ A PACS that routes *everything* back to the node would otherwise make it
 process its own results forever. An instance is never processed when any of
 these holds (PS3.3 attribute names):
 
-- ``mammoxai.dicom_io.is_our_output`` says so (when that module provides it);
+- ``mammoxai.dicom_io.is_our_output`` says so;
 - its Manufacturer (0008,0070) is ours (``output.manufacturer``) and its
   SeriesNumber (0020,0011) lies in our range ``[series_number_base, +1000)``;
 - a Contributing Equipment Sequence (0018,A001) item names our manufacturer;
@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..config import OutputSettings
+from ..dicom_io import is_our_output
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,6 @@ OUTPUT_ONLY_SOP_CLASSES = frozenset({
 SERIES_RANGE = 1000
 
 
-_IS_OUR_OUTPUT: list = []
-
-
-def _dicom_io_check():
-    """``mammoxai.dicom_io``'s ``is_our_output`` when importable (looked up once), else ``None``."""
-    if not _IS_OUR_OUTPUT:
-        found = None
-        for module in ("mammoxai.dicom_io", "mammoxai.dicom_io.writers"):
-            try:
-                found = getattr(__import__(module, fromlist=["is_our_output"]), "is_our_output", None)
-            except Exception as exc:  # noqa: BLE001 - the node's own checks below still apply
-                log.debug("%s.is_our_output unavailable: %s", module, exc)
-            if found is not None:
-                break
-        _IS_OUR_OUTPUT.append(found)
-    return _IS_OUR_OUTPUT[0]
-
-
 def own_output_reason(ds: Dataset, output: OutputSettings) -> str | None:
     """Why ``ds`` is one of our own results, or ``None`` when it is not (header only; no pixel data needed)."""
     ours = output.manufacturer.strip().lower()
@@ -85,13 +68,11 @@ def own_output_reason(ds: Dataset, output: OutputSettings) -> str | None:
             return f"our own output (Contributing Equipment {output.manufacturer})"
     if UID(str(ds.get("SOPClassUID", ""))) in OUTPUT_ONLY_SOP_CLASSES:
         return f"SOP class {UID(str(ds.SOPClassUID)).name} is one the node writes, never processes"
-    is_our_output = _dicom_io_check()
-    if is_our_output is not None:
-        try:
-            if is_our_output(ds, output):
-                return "our own output (dicom_io.is_our_output)"
-        except Exception as exc:  # a malformed header must not stop the triage
-            log.debug("is_our_output failed on %s: %s", ds.get("SOPInstanceUID", "?"), exc)
+    try:
+        if is_our_output(ds, output):
+            return "our own output (dicom_io.is_our_output)"
+    except Exception as exc:  # a malformed header must not stop the triage
+        log.debug("is_our_output failed on %s: %s", ds.get("SOPInstanceUID", "?"), exc)
     return None
 
 
