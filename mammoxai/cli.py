@@ -93,8 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("mammoxai-evaluate"))
 
     p = sub.add_parser("sanity", help="model-parameter-randomisation check (Adebayo et al. 2018) per explainer")
-    p.add_argument("--explainers", help="comma-separated names (default: settings)")
+    p.add_argument("--explainers", help="comma-separated names, or 'all' (default: settings)")
     p.add_argument("--phantoms", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=2, help="randomisation seeds per phantom")
+    p.add_argument("--randomise", help="comma-separated module names (default: the upper half of the network)")
+    p.add_argument("--write", action="store_true", help="store the verdicts in the checkpoint's metadata")
 
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (see BENCHMARKS.md)")
     p.add_argument("name", help="benchmark name, e.g. explainers")

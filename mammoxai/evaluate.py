@@ -7,8 +7,10 @@
   ``summary.md`` (per method: mean ± sd of each score, seconds per image) and
   ``summary.png`` (the same as bars). Methods are also listed in order of
   trustworthiness (see :func:`trust_order`).
-* ``sanity`` runs the model-parameter-randomisation check (cascading, from the
-  classifier head down) for every configured explainer on a few phantoms.
+* ``sanity`` runs the model-parameter-randomisation check (the upper half of the
+  network re-initialised, :mod:`mammoxai.explainers.sanity`) for every
+  configured explainer on a few phantoms; ``--write`` keeps the verdicts in the
+  checkpoint's metadata for the node.
 * ``bench`` runs ``benchmarks/bench_NAME.py`` with the remaining arguments.
 """
 
@@ -31,7 +33,8 @@ import torch
 
 from .errors import MammoxaiError
 from .explainers import Explainer, ExplainerError
-from .explainers.quality import HIGHER_IS_BETTER, SCORE_KEYS, compute_quality, randomisation_sanity, summarise
+from .explainers.quality import HIGHER_IS_BETTER, SCORE_KEYS, compute_quality, summarise
+from .explainers.sanity import model_randomisation_check
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 EVAL_SEED = 30_000_000
 
 #: Columns of the evaluation: the quality scores, then the randomisation check (Spearman ρ of |map| before and
-#: after re-initialising every layer; computed on the first batch of images only).
+#: after re-initialising the upper half of the network, as ``mammoxai sanity``; first batch of images only).
 EVAL_KEYS: tuple[str, ...] = (*SCORE_KEYS, "randomisation_rho")
 DIRECTION: dict[str, bool] = {**HIGHER_IS_BETTER, "randomisation_rho": False}
 
@@ -186,7 +189,7 @@ def evaluate_samples(classifier: Any, explainers: Sequence[Explainer], samples: 
     label, method, target, seconds`` and the scores) and the failures (method
     -> reason; a method that fails on one batch is not run again). With
     ``sanity``, the images of the first batch also get ``randomisation_rho``
-    (:func:`~mammoxai.explainers.quality.randomisation_sanity`, every layer).
+    (:func:`~mammoxai.explainers.sanity.model_randomisation_check`, one seed).
     """
     module = classifier.module
     rows: list[dict[str, Any]] = []
@@ -215,8 +218,8 @@ def evaluate_samples(classifier: Any, explainers: Sequence[Explainer], samples: 
             rho: list[float] = []
             if sanity and start == 0:
                 try:
-                    rho = randomisation_sanity(module, explainer, batch, explanation.target,
-                                               layers="all")["steps"][-1]["spearman"]
+                    check = model_randomisation_check(module, [explainer], batch, explanation.target, seeds=(0,))
+                    rho = check[explainer.name].per_image
                 except Exception as exc:  # noqa: BLE001 - the scores stand without it
                     log.warning("randomisation check of %s failed: %s", explainer.name, exc)
             for i, sample in enumerate(chunk):
@@ -295,7 +298,8 @@ def markdown_table(summary: Sequence[dict[str, Any]], failures: dict[str, str] |
         lines += ["Failed methods:", ""] + [f"- {m}: {reason}" for m, reason in failures.items()] + [""]
     direction = ", ".join(f"{k} {'↑' if up else '↓'}" for k, up in DIRECTION.items())
     lines += [f"Better is: {direction}. faithfulness = insertion AUC − deletion AUC (blurred baseline); "
-              "randomisation_rho = Spearman ρ of |map| with every layer re-initialised (first batch only).", ""]
+              "randomisation_rho = Spearman ρ of |map| with the upper half of the network re-initialised "
+              "(first batch only).", ""]
     return "\n".join(lines)
 
 
@@ -353,6 +357,7 @@ def _load(settings: Any, names: str | None) -> tuple[Any, list[Explainer], Any]:
     settings = copy.deepcopy(settings)
     if names:
         settings.explainers.enabled = [n.strip() for n in names.split(",") if n.strip()]
+    settings.explainers.sanity = "off"   # measuring commands run every method asked for
     classifier = load_classifier(settings.model.checkpoint, device=settings.model.device,
                                  architecture=settings.model.architecture)
     return classifier, build_explainers(settings, classifier), settings
@@ -391,29 +396,55 @@ def main_evaluate(args: Any, settings: Any) -> int:
 
 
 def main_sanity(args: Any, settings: Any) -> int:
-    """``mammoxai sanity``: cascading model-parameter randomisation per explainer on a few phantoms."""
+    """``mammoxai sanity``: the model-randomisation check of each explainer on phantoms; ``--write`` stores
+    the verdicts in the checkpoint's metadata, where the node reads them (``explainers.sanity``)."""
+    from .explainers import available
+    from .explainers.sanity import model_randomisation_check, sanity_record, top_modules
+    from .models.classifier import sidecar_path
+
     if args.phantoms < 1:
         raise EvaluateError(f"--phantoms must be >= 1, got {args.phantoms}")
-    classifier, explainers, settings = _load(settings, args.explainers)
+    if args.seeds < 1:
+        raise EvaluateError(f"--seeds must be >= 1, got {args.seeds}")
+    names = ",".join(available()) if args.explainers == "all" else args.explainers
+    classifier, explainers, settings = _load(settings, names)
     samples = phantom_samples(classifier, args.phantoms)
     batch = torch.cat([s.tensor for s in samples]).to(classifier.device)
     target = _targets(settings, classifier, batch)
-    print("| method | ρ after head randomised | ρ after all randomised | verdict |\n|---|---|---|---|")
-    failed = 0
-    for explainer in explainers:
-        try:
-            result = randomisation_sanity(classifier.module, explainer, batch, target, layers="cascade")
-        except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
-            reason = exc.reason if isinstance(exc, ExplainerError) else f"{type(exc).__name__}: {exc}"
-            print(f"| {explainer.name} | – | – | error: {reason} |")
-            failed += 1
+    modules = ([m.strip() for m in args.randomise.split(",") if m.strip()] if args.randomise
+               else top_modules(classifier.module))
+    seeds = list(range(args.seeds))
+    try:
+        results = model_randomisation_check(classifier.module, explainers, batch, target, modules=modules,
+                                            seeds=seeds)
+    except KeyError as exc:
+        raise EvaluateError(f"--randomise: {exc.args[0]}") from None
+    print(f"Randomised: {', '.join(modules)}; {len(samples)} phantoms x {len(seeds)} seeds\n")
+    print("| method | map | Spearman ρ as displayed | range over images | ρ of abs(map) | verdict |\n"
+          "|---|---|---|---|---|---|")
+    for name, result in results.items():
+        if result.error:
+            print(f"| {name} | – | – | – | – | error: {result.error} |")
             continue
-        head, last = result["steps"][0]["mean"], result["spearman_mean"]
-        verdict = "passes (depends on the model)" if result["passed"] else "FAILS (map survives randomisation)"
-        print(f"| {explainer.name} | {head:.3f} | {last:.3f} | {verdict} |")
-    print("\nSpearman rank correlation of |map| with the trained model's map (Adebayo et al. 2018); "
-          "pass: < 0.5 once every layer is re-initialised.")
-    return 1 if failed == len(explainers) and explainers else 0
+        lo, hi = min(result.per_image), max(result.per_image)
+        verdict = "passes (depends on the model)" if result.passed else "FAILS (map survives randomisation)"
+        print(f"| {name} | {'signed' if result.signed else 'unsigned'} | {result.spearman:.3f} | "
+              f"{lo:.2f} – {hi:.2f} | {result.spearman_abs:.3f} | {verdict} |")
+    print("\nAdebayo et al. 2018, Quantus MPRT seeding: pass when the mean ρ of the map as displayed < 0.5.")
+    if args.write:
+        record = sanity_record(results, explainers, modules=modules, seeds=seeds,
+                               images=f"{len(samples)} phantom{'s' if len(samples) != 1 else ''}, "
+                                      f"seeds {EVAL_SEED}..{EVAL_SEED + len(samples) - 1}")
+        meta = classifier.metadata
+        if meta.sanity and (meta.sanity.get("randomised") != modules
+                            or meta.sanity.get("threshold") != record["threshold"]):
+            meta.sanity = {}   # another protocol: earlier verdicts are not comparable, start afresh
+        meta.sanity = {**record, "methods": {**meta.sanity.get("methods", {}), **record["methods"]}}
+        path = sidecar_path(classifier.checkpoint_path)
+        path.write_text(meta.to_json(), encoding="utf-8")
+        print(f"verdicts of {len(results)} methods written to {path}")
+    errors = sum(1 for r in results.values() if r.error)
+    return 1 if explainers and errors == len(explainers) else 0
 
 
 def benchmarks_dir() -> Path:

@@ -26,6 +26,7 @@ from .dicom_io import (
     NotAMammogramError,
     UnsupportedMammogramError,
     is_our_output,
+    load_dataset,
     read_mammogram,
     write_results,
     write_study_summary,
@@ -34,6 +35,7 @@ from .dicom_io.results import ImageResult, MethodMap
 from .errors import MammoxaiError
 from .explainers import Explainer, Explanation, create, explainer_class, run_explainers
 from .explainers.quality import score_explanation
+from .explainers.sanity import sanity_verdicts
 from .models import Classifier, Geometry, load_classifier
 
 log = logging.getLogger(__name__)
@@ -71,14 +73,24 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
     Parameters, later ones winning: ``explainers.seed`` / ``batch_size`` and ``model.autocast``; the
     checkpoint's ``mean`` / ``std`` for methods that work in intensities; the checkpoint metadata's
     ``explainer_params`` (e.g. the demo CNN's CAM target layer); ``[explainers.params.NAME]``.
+
+    With ``explainers.sanity = "exclude"`` (the default), methods whose map fails the checkpoint's
+    model-randomisation check (``ModelMetadata.sanity``) are left out, each with a warning.
     """
     explainers = []
     meta = classifier.metadata
+    verdicts = sanity_verdicts(getattr(meta, "sanity", {}))
     for name in settings.explainers.methods():
         try:
             cls = explainer_class(name)
         except ValueError as exc:
             raise SettingsError(f"explainers.enabled: {exc}") from None
+        rho, passed = verdicts.get(name, (None, True))
+        if settings.explainers.sanity == "exclude" and not passed:
+            log.warning("explainer %s not run: its map fails this checkpoint's model-randomisation check "
+                        "(Spearman %.2f >= %.2f); set explainers.sanity = 'label' to run it with a caution",
+                        name, rho, float(meta.sanity.get("threshold", 0.5)))
+            continue
         params: dict[str, Any] = {"seed": settings.explainers.seed, "batch_size": settings.explainers.batch_size,
                                   "autocast": settings.model.autocast}
         for key in ("mean", "std"):  # the checkpoint's normalisation, for methods that work in intensities
@@ -113,6 +125,7 @@ class Pipeline:
         self.positive_index = list(meta.class_names).index(settings.model.positive_class)
         self.explainers = build_explainers(settings, self.classifier)
         self.algorithm = self.classifier.algorithm_info()
+        self.sanity = {} if settings.explainers.sanity == "off" else sanity_verdicts(meta.sanity)
 
     @property
     def gpu_present(self) -> bool:
@@ -124,15 +137,15 @@ class Pipeline:
         item = ProcessedImage(path=path, status="failed")
         start = time.perf_counter()
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a failed job with its reason
-            item.reason = f"{path.name}: not a readable DICOM file ({exc})"
+            dataset = load_dataset(path)   # once: the header for the loop check, then the pixels
+        except DicomReadError as exc:
+            item.reason = str(exc)
             return item
-        if is_our_output(header, self.settings.output):
+        if is_our_output(dataset, self.settings.output):
             item.status, item.reason = "ignored", "produced by mammoxai (loop prevention)"
             return item
         try:
-            mammogram = read_mammogram(path)
+            mammogram = read_mammogram(dataset)
         except (NotAMammogramError, UnsupportedMammogramError) as exc:
             item.status, item.reason = "ignored", str(exc)
             return item
@@ -170,6 +183,12 @@ class Pipeline:
         for i, p in enumerate(prepared):
             maps = []
             for name, explanation in run.explanations.items():
+                quality = dict(scores.get(name, [{}] * len(prepared))[i])
+                caution = ""
+                if name in self.sanity:
+                    rho, passed = self.sanity[name]
+                    quality["randomisation_rho"] = rho
+                    caution = "" if passed else "map fails model-randomisation check"
                 maps.append(MethodMap(
                     method=name,
                     display_name=explainer_class(name).display_name,
@@ -177,7 +196,8 @@ class Pipeline:
                     signed=explanation.signed,
                     parameters=_plain(explanation.parameters),
                     seconds=explanation.seconds / len(prepared),
-                    quality=scores.get(name, [{}] * len(prepared))[i],
+                    quality=quality,
+                    caution=caution,
                 ))
                 p.item.timings[f"explain.{name}"] = explanation.seconds / len(prepared)
             p.item.timings["predict"] = predict_seconds
@@ -310,7 +330,8 @@ def _report(item: ProcessedImage, pngs: dict[str, str], dicom_files: list[str]) 
         },
         "explanations": [] if result is None else [
             {"method": m.method, "display_name": m.display_name, "signed": m.signed, "seconds": m.seconds,
-             "parameters": dict(m.parameters), "quality": dict(m.quality), "png": pngs.get(m.method)}
+             "parameters": dict(m.parameters), "quality": dict(m.quality), "caution": m.caution,
+             "png": pngs.get(m.method)}
             for m in result.maps
         ],
         "failures": {} if result is None else dict(result.failures),

@@ -168,6 +168,10 @@ class ExplainerSettings(_Section):
     quality_baseline: Literal["blur", "mean", "zero"] = "blur"
     sensitivity_samples: int = Field(
         default=2, ge=0, description="noisy re-runs per map for max-sensitivity; 0 disables it")
+    sanity: Literal["exclude", "label", "off"] = Field(
+        default="exclude",
+        description="methods whose map fails the checkpoint's model-randomisation check (mammoxai sanity --write): "
+                    "'exclude' does not run them, 'label' runs them and marks their outputs, 'off' ignores the check")
 
     def methods(self) -> list[str]:
         if self.enabled is not None:

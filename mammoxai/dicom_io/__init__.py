@@ -10,23 +10,25 @@ SR, FRACTIONAL Segmentation, GSPS); :func:`write_study_summary` makes the study-
 :func:`is_our_output` recognises what we wrote (loop prevention).
 """
 
-from .classify import Classification, DatasetKind, classify_dataset, is_mammogram
+from .classify import MAMMOGRAM_CARRIER_SOP_CLASSES, Classification, DatasetKind, classify_dataset, is_mammogram
 from .errors import DicomReadError, NotAMammogramError, UnsupportedMammogramError, UnsupportedTransferSyntaxError
 from .mammogram import Mammogram
 from .read_orientation import conventional_patient_orientation
-from .reader import read_mammogram
+from .reader import load_dataset, read_mammogram
 from .results import AlgorithmInfo, ImageResult, MethodMap
 from .synthetic import WRITABLE_TRANSFER_SYNTAXES, write_phantom_dicom
 from .write_errors import DicomWriteError
-from .writers import is_our_output, select_sc_methods, write_results, write_study_summary
+from .writers import is_our_output, our_output_reason, select_sc_methods, write_results, write_study_summary
 
 __all__ = [
+    "MAMMOGRAM_CARRIER_SOP_CLASSES",
     "AlgorithmInfo",
     "Classification",
     "DicomWriteError",
     "ImageResult",
     "MethodMap",
     "is_our_output",
+    "our_output_reason",
     "select_sc_methods",
     "write_results",
     "write_study_summary",
@@ -40,6 +42,7 @@ __all__ = [
     "classify_dataset",
     "conventional_patient_orientation",
     "is_mammogram",
+    "load_dataset",
     "read_mammogram",
     "write_phantom_dicom",
 ]

@@ -7,9 +7,12 @@ Accepted (``DatasetKind.MAMMOGRAM``):
 
 * Digital Mammography X-Ray Image Storage - For Presentation (1.2.840.10008.5.1.4.1.1.1.2)
   and - For Processing (1.2.840.10008.5.1.4.1.1.1.2.1), whatever the Modality;
-* Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7) and Digital X-Ray
-  Image Storage (1.2.840.10008.5.1.4.1.1.1.1 / .1.1.1) with Modality (0008,0060) ``MG``
-  (CBIS-DDSM ships its scanned films as MG Secondary Capture);
+* Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7, and the multi-frame
+  grayscale byte / word SC …7.2 / …7.3 with one frame), Digital X-Ray Image Storage
+  For Presentation / For Processing (1.2.840.10008.5.1.4.1.1.1.1 / …1.1.1.1) and
+  Computed Radiography Image Storage (1.2.840.10008.5.1.4.1.1.1) with Modality
+  (0008,0060) ``MG`` (CBIS-DDSM ships its scanned films as MG Secondary Capture;
+  CR mammography plates are stored as CR);
 
 all of them single frame, one sample per pixel, MONOCHROME1 or MONOCHROME2.
 
@@ -30,15 +33,21 @@ from pydicom.uid import UID
 
 MG_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
 MG_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.2.1")
-DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1")
+COMPUTED_RADIOGRAPHY = UID("1.2.840.10008.5.1.4.1.1.1")
+DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 DX_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.1.1")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
+MULTIFRAME_GRAYSCALE_BYTE_SC = UID("1.2.840.10008.5.1.4.1.1.7.2")
+MULTIFRAME_GRAYSCALE_WORD_SC = UID("1.2.840.10008.5.1.4.1.1.7.3")
 BREAST_TOMOSYNTHESIS = UID("1.2.840.10008.5.1.4.1.1.13.1.3")
 BREAST_PROJECTION_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.13.1.4")
 BREAST_PROJECTION_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.13.1.5")
 
 MAMMOGRAPHY_SOP_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
-MG_MODALITY_SOP_CLASSES = frozenset({SECONDARY_CAPTURE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING})
+MG_MODALITY_SOP_CLASSES = frozenset({SECONDARY_CAPTURE, MULTIFRAME_GRAYSCALE_BYTE_SC, MULTIFRAME_GRAYSCALE_WORD_SC,
+                                     DX_FOR_PRESENTATION, DX_FOR_PROCESSING, COMPUTED_RADIOGRAPHY})
+#: Every SOP class that may carry a mammogram (the Storage SCP offers these the decodable transfer syntaxes)
+MAMMOGRAM_CARRIER_SOP_CLASSES = MAMMOGRAPHY_SOP_CLASSES | MG_MODALITY_SOP_CLASSES
 OUT_OF_SCOPE_SOP_CLASSES = {
     BREAST_TOMOSYNTHESIS: "Breast Tomosynthesis is out of scope (2D mammograms only)",
     BREAST_PROJECTION_FOR_PRESENTATION: "Breast Projection X-Ray (enhanced, tomosynthesis family) is not supported",

@@ -19,6 +19,8 @@ object that uses it lists it in the Coding Scheme Identification Sequence
 ``MXAI-RMEAN``            Mean normalised attribution in a region (unit ``1``)
 ``MXAI-RMASS``            Fraction of the map's positive attribution in a region
 ``MXAI-EXPLFAIL``         Explanation method failed (TEXT: "method: reason")
+``MXAI-CAUTION``          Caution about an explanation map (TEXT), e.g. it fails the
+                         model-randomisation sanity check
 ``MXAI-ATTRIB``           Attribution map (SEG segmented property type)
 ``MXAI-BREASTMAX``        Highest probability of malignancy of one breast
 ``MXAI-SECONDS``          Computation time of an explanation (unit UCUM ``s``)
@@ -76,6 +78,7 @@ QUALITY_CODES: dict[str, tuple[str, str]] = {
     "sparseness": ("SPARSE", "Sparseness (Gini index)"),
     "pointing_game": ("POINT", "Pointing game hit"),
     "relevance_mass": ("RMASSACC", "Relevance mass accuracy"),
+    "randomisation_rho": ("RANDRHO", "Rank correlation with map of randomised model"),
 }
 
 
@@ -112,6 +115,7 @@ REGION_PEAK = private("MXAI-RPEAK", "Peak normalised attribution in region")
 REGION_MEAN = private("MXAI-RMEAN", "Mean normalised attribution in region")
 REGION_MASS = private("MXAI-RMASS", "Fraction of positive attribution in region")
 EXPLANATION_FAILED = private("MXAI-EXPLFAIL", "Explanation method failed")
+EXPLANATION_CAUTION = private("MXAI-CAUTION", "Caution about explanation map")
 ATTRIBUTION_MAP = private("MXAI-ATTRIB", "Attribution map")
 BREAST_MAX_PROBABILITY = private("MXAI-BREASTMAX", "Highest probability of malignancy of breast")
 

@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 
 
-def _load(path: Path) -> Dataset:
+def load_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read a DICOM file whole; a missing, non-DICOM, empty or truncated file is a :class:`DicomReadError`.
+
+    pydicom only warns about a file that ends early; here that is an error, so
+    a half-received instance is never taken for a complete one.
+    """
+    path = Path(path)
     where = f"file {path}"
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -96,7 +102,7 @@ def read_mammogram(source: str | os.PathLike[str] | Dataset, *, voi_window_index
         filename = str(filename) if isinstance(filename, (str, os.PathLike)) else None
     elif isinstance(source, (str, os.PathLike)):
         filename = str(source)
-        src = _load(Path(source))
+        src = load_dataset(source)
     else:
         raise TypeError(f"read_mammogram: source must be a path or a pydicom Dataset, got {type(source).__name__}")
 

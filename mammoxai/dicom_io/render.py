@@ -187,8 +187,9 @@ def _view_label(mammogram: Mammogram) -> str:
     return " ".join(v for v in (mammogram.laterality, mammogram.view) if v)
 
 
-def _footer(draw: ImageDraw.ImageDraw, width: int, height: int, footer: int) -> None:
-    _text(draw, (6, height - footer / 2), DISCLAIMER, int(footer * 0.7), width - 12, fill=_WARN, bold=True,
+def _footer(draw: ImageDraw.ImageDraw, width: int, height: int, footer: int, caution: str = "") -> None:
+    text = DISCLAIMER + (f"  -  {caution.upper()}" if caution else "")
+    _text(draw, (6, height - footer / 2), text, int(footer * 0.7), width - 12, fill=_WARN, bold=True,
           anchor="lm")
 
 
@@ -225,7 +226,7 @@ def render_overlay(mammogram: Mammogram, method_map: MethodMap, result: ImageRes
     _text(draw, (6, header * 0.08), title, int(header * 0.42), page.shape[1] - 12, bold=True)
     _text(draw, (6, header * 0.55), _prediction_line(result), int(header * 0.32), page.shape[1] - 12)
     _label_bar(draw, bar_box, signed=method_map.signed, font_size=font_size)
-    _footer(draw, page.shape[1], page.shape[0], footer)
+    _footer(draw, page.shape[1], page.shape[0], footer, method_map.caution)
     return np.asarray(image)
 
 
@@ -279,7 +280,7 @@ def render_montage(mammogram: Mammogram, result: ImageResult, *, colormap: str =
         lut = colormap_lut(SIGNED_COLORMAP if m.signed else colormap)
         norm = normalise_map(resize(to_display(m.heatmap, mammogram), (ph, pw)), m.signed)
         page[y:y + ph, x:x + pw] = blend(gray, norm, signed=m.signed, lut=lut)
-        titles.append((x, y - title_h, m.display_name))
+        titles.append((x, y - title_h, m.display_name + (" *" if m.caution else "")))
     font_size = max(9, int(strip * 0.13))
     bar_h = int((page_h - header - footer) * (0.45 if any(m.signed for m in maps) else 0.6))
     bars = [(False, header + 4)]
@@ -301,5 +302,6 @@ def render_montage(mammogram: Mammogram, result: ImageResult, *, colormap: str =
         title += f"  ({view})"
     _text(draw, (6, header * 0.08), title, int(header * 0.42), page_w - 12, bold=True)
     _text(draw, (6, header * 0.55), _prediction_line(result), int(header * 0.32), page_w - 12)
-    _footer(draw, page_w, page_h, footer)
+    cautions = sorted({m.caution for m in maps if m.caution})
+    _footer(draw, page_w, page_h, footer, "* " + "; ".join(cautions) if cautions else "")
     return np.asarray(image)

@@ -37,6 +37,9 @@ class MethodMap:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     quality: Mapping[str, float] = field(default_factory=dict)   # e.g. {"faithfulness": 0.71, ...}
+    # A warning the reader must see with this map, burned into its SC and recorded in the SR
+    # (e.g. that the map fails the checkpoint's model-randomisation check); "" for none.
+    caution: str = ""
 
 
 @dataclass(frozen=True)

@@ -147,11 +147,13 @@ def _text_item(name: CodedConcept, value: str) -> hd.sr.TextContentItem:
                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
-def _add_evaluations(report: hd.sr.MeasurementReport, failures: dict[str, str], notes: list[str]) -> None:
-    """Append the TID 1500 Qualitative Evaluations container (failures as TEXT, the disclaimer)."""
+def _add_evaluations(report: hd.sr.MeasurementReport, failures: dict[str, str], notes: list[str],
+                     cautions: dict[str, str] | None = None) -> None:
+    """Append the TID 1500 Qualitative Evaluations container (failures and map cautions as TEXT, the disclaimer)."""
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     items = [_text_item(codes.EXPLANATION_FAILED, f"{method}: {reason}") for method, reason in failures.items()]
+    items += [_text_item(codes.EXPLANATION_CAUTION, f"{method}: {text}") for method, text in (cautions or {}).items()]
     items += [_text_item(CodedConcept(*dcodes.DCM.Comment), note) for note in notes]
     container.ContentSequence = hd.sr.ContentSequence(items)
     report[0].ContentSequence.append(container)
@@ -198,7 +200,8 @@ def write_sr(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
     _add_evaluations(report, dict(result.failures), [
         f"{DISCLAIMER}: automatic result of {result.algorithm.name} {result.algorithm.version}, "
         "not verified by a physician. Hot regions show where the explanation method attributes the "
-        "model's output; they are not lesion outlines."])
+        "model's output; they are not lesion outlines."],
+        {m.display_name: m.caution for m in result.maps if m.caution})
     return _sr_dataset([mammogram], report, result, output, "sr")
 
 

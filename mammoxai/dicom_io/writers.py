@@ -27,7 +27,6 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from ..config.settings import OutputSettings
-from .codes import IHE_PROCESSING_ALGORITHM
 from .mammogram import Mammogram
 from .regions import HotRegion, find_hot_regions
 from .results import ImageResult
@@ -115,30 +114,33 @@ def write_study_summary(mammograms: list[Mammogram], results: list[ImageResult],
     return write_summary_sr(list(mammograms), list(results), output)
 
 
-def _is_ours_equipment(item: Dataset, manufacturer: str) -> bool:
-    purposes = item.get("PurposeOfReferenceCodeSequence", [])
-    ihe = any((str(p.get("CodeValue", "")), str(p.get("CodingSchemeDesignator", ""))) == IHE_PROCESSING_ALGORITHM[:2]
-              for p in purposes)
-    return ihe and str(item.get("Manufacturer", "")) == manufacturer
+def our_output_reason(ds: pydicom.Dataset, output: OutputSettings) -> str | None:
+    """Why ``ds`` is an object mammoxai wrote (so the node must not process it again), or ``None``.
 
-
-def is_our_output(ds: pydicom.Dataset, output: OutputSettings) -> bool:
-    """Whether ``ds`` is an object mammoxai wrote (so the node must not process it again).
-
-    True when any of: Manufacturer (0008,0070) is ``output.manufacturer``; a
-    Contributing Equipment item is ours (Manufacturer ``output.manufacturer``
-    with the IHE AIR "Processing Algorithm" purpose); or the SOP Class is one
-    of :data:`OUR_SOP_CLASSES` *and* the Series Number lies in our range
-    (``series_number_base`` … ``+ 99``). A source image shares none of these.
+    Any of (header only): Manufacturer (0008,0070) is ``output.manufacturer``;
+    an item of the Contributing Equipment Sequence (0018,A001) has that
+    Manufacturer (our writers add one with the IHE AIR "Processing Algorithm"
+    purpose; an archive that rewrites the top-level Manufacturer keeps it); or
+    the SOP Class is one of :data:`OUR_SOP_CLASSES` *and* the Series Number lies
+    in our range (``series_number_base`` … ``+ 99``). A source image shares none
+    of these. A malformed value never raises: it just does not match.
     """
-    manufacturer = output.manufacturer
-    if str(ds.get("Manufacturer", "")) == manufacturer:
-        return True
-    if any(_is_ours_equipment(item, manufacturer) for item in ds.get("ContributingEquipmentSequence", [])):
-        return True
+    manufacturer = output.manufacturer.strip().lower()
+    if str(ds.get("Manufacturer", "") or "").strip().lower() == manufacturer:
+        return f"our own output (Manufacturer {output.manufacturer})"
+    for item in ds.get("ContributingEquipmentSequence", None) or []:
+        if str(item.get("Manufacturer", "") or "").strip().lower() == manufacturer:
+            return f"our own output (Contributing Equipment {output.manufacturer})"
     try:   # a malformed Series Number (IS) in a received header must not break triage
         raw = ds.get("SeriesNumber")
         number = int(raw) if raw not in (None, "") else None
     except (TypeError, ValueError, OverflowError):
         number = None
-    return str(ds.get("SOPClassUID", "")) in OUR_SOP_CLASSES and in_our_range(number, output.series_number_base)
+    if str(ds.get("SOPClassUID", "")) in OUR_SOP_CLASSES and in_our_range(number, output.series_number_base):
+        return f"our own output (SOP class of ours in our series range, Series Number {number})"
+    return None
+
+
+def is_our_output(ds: pydicom.Dataset, output: OutputSettings) -> bool:
+    """Whether ``ds`` is an object mammoxai wrote; see :func:`our_output_reason`."""
+    return our_output_reason(ds, output) is not None

@@ -29,6 +29,7 @@ torchvision ResNet; any other layer type raises
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -117,10 +118,22 @@ class LRP(Explainer):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise ExplainerNotApplicable(self.name, f"unsupported layer type {', '.join(bad[:3])}{more}")
 
-    def relevance(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-channel relevance ``(N, C, H, W)`` of ``batch`` for ``target`` (sums to the target logit)."""
+    def _canonised(self, model: nn.Module, batch: torch.Tensor) -> tuple[nn.Module, nn.Module | None]:
+        """The canonised copy of ``model`` and its first conv/linear layer, cached while ``model`` is unchanged.
+
+        Canonising deep-copies the model and merges its BatchNorms (several times
+        the cost of the LRP pass itself on a small CNN), so the copy is kept per
+        model, keyed weakly, and rebuilt when any parameter or buffer is replaced
+        or modified in place (tensor version counters), or the device, dtype or
+        input shape changes.
+        """
+        cache = self.__dict__.setdefault("_canon_cache", weakref.WeakKeyDictionary())
+        fingerprint = (tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers())),
+                       batch.device, batch.dtype, tuple(batch.shape[1:]))
+        hit = cache.get(model)
+        if hit is not None and hit[0] == fingerprint:
+            return hit[1], hit[2]
         canon = canonize(model, batch[:1].detach())
-        conv_rule, linear_rule, first_rule = _rules(self.params["composite"], float(self.params["epsilon"]))
         order: list[nn.Module] = []
         probe = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
                  for m in canon.modules() if isinstance(m, _LINEAR)]
@@ -131,6 +144,13 @@ class LRP(Explainer):
             for handle in probe:
                 handle.remove()
         first = order[0] if order else None
+        cache[model] = (fingerprint, canon, first)
+        return canon, first
+
+    def relevance(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel relevance ``(N, C, H, W)`` of ``batch`` for ``target`` (sums to the target logit)."""
+        canon, first = self._canonised(model, batch)
+        conv_rule, linear_rule, first_rule = _rules(self.params["composite"], float(self.params["epsilon"]))
         handles = []
         try:
             for module in canon.modules():

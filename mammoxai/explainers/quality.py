@@ -34,17 +34,15 @@ Definitions (each checked against Quantus 0.6.0 in ``tests/quality``):
 * **Relevance mass** (Arras et al. 2022; Quantus ``RelevanceMassAccuracy``):
   the share of the map's positive relevance that falls inside the mask
   (negative relevance, in signed maps, is not counted).
-* **Randomisation sanity** (Adebayo et al. 2018; Quantus ``MPRT``): Spearman
-  rank correlation of ``|map|`` before and after re-initialising model
-  parameters (``reset_parameters()``, as Quantus does); a method that depends
-  on the model shows a low correlation.
+* **Randomisation sanity** (Adebayo et al. 2018; Quantus ``MPRT``): the check
+  itself lives in :mod:`mammoxai.explainers.sanity`; this module provides its
+  rank correlation (:func:`spearman`).
 
 This module never imports ``mammoxai.node`` or ``mammoxai.dicom_io``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -420,82 +418,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         denom = rx.norm() * ry.norm()
         out.append((rx @ ry) / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64))
     return torch.stack(out).float()
-
-
-def _parametrised_children(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Top-level children that hold parameters, in forward-definition order."""
-    return [(name, child) for name, child in model.named_children()
-            if any(True for _ in child.parameters())]
-
-
-def _head(model: nn.Module) -> tuple[str, nn.Module]:
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        head = get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            for name, module in model.named_modules():
-                if module is head:
-                    return name, head
-    children = _parametrised_children(model)
-    if not children:
-        raise ValueError("model has no parametrised layer to randomise")
-    return children[-1]
-
-
-def _reset(module: nn.Module) -> None:
-    for sub in module.modules():
-        reset = getattr(sub, "reset_parameters", None)
-        if callable(reset):
-            reset()
-        reset_stats = getattr(sub, "reset_running_stats", None)
-        if callable(reset_stats):
-            reset_stats()
-
-
-def randomisation_sanity(model: nn.Module, explainer: Explainer, batch: torch.Tensor,
-                         target: int | torch.Tensor | None = None, *,
-                         layers: Literal["head", "all", "cascade"] = "head", seed: int = 42,
-                         threshold: float = 0.5) -> dict[str, Any]:
-    """Model-parameter-randomisation test: how much ``explainer``'s map changes when the model is randomised.
-
-    A copy of ``model`` is re-initialised (``reset_parameters()`` under
-    ``torch.manual_seed(seed)``): ``"head"`` the classifier only, ``"all"``
-    every layer, ``"cascade"`` top-level parametrised blocks one after another
-    from the output down (Adebayo et al. 2018), scoring after each. The
-    explained class is held fixed. Returns ``{"method", "layers", "steps":
-    [{"randomised": [names], "spearman": [per image], "mean": float}],
-    "spearman_mean" (of the last step), "passed" (``spearman_mean < threshold``)}``
-    — a method that passes depends on the learned parameters.
-    """
-    if layers not in ("head", "all", "cascade"):
-        raise ValueError(f"layers must be 'head', 'all' or 'cascade', got {layers!r}")
-    ref = _model_ref(model)
-    batch = batch.to(ref.device, ref.dtype)
-    original = explainer.explain(model, batch, target)
-    fixed_target = original.target
-    randomised = copy.deepcopy(model)
-    if layers == "head":
-        plan = [[_head(randomised)]]
-    elif layers == "all":
-        plan = [[("(all)", randomised)]]
-    else:
-        plan = [[child] for child in reversed(_parametrised_children(randomised))]
-    steps: list[dict[str, Any]] = []
-    done: list[str] = []
-    with torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for group in plan:
-            for name, module in group:
-                _reset(module)
-                done.append(name)
-            after = explainer.explain(randomised, batch, fixed_target)
-            rho = spearman(original.heatmap.abs(), after.heatmap.abs())
-            finite = rho[torch.isfinite(rho)]
-            steps.append({"randomised": list(done), "spearman": [float(r) for r in rho],
-                          "mean": float(finite.mean()) if finite.numel() else float("nan")})
-    last = steps[-1]["mean"]
-    return {"method": explainer.name, "layers": layers, "steps": steps, "spearman_mean": last,
-            "passed": bool(math.isfinite(last) and last < threshold)}
 
 
 def summarise(values: Sequence[float]) -> tuple[float, float, int]:

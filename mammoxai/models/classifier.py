@@ -51,6 +51,10 @@ class ModelMetadata:
     per-method defaults the model's author recommends (e.g. ``{"gradcam":
     {"target_layer": "layer3"}}`` where the last stage's grid is too coarse for
     small lesions); the settings' ``[explainers.params.NAME]`` override them.
+    ``sanity``: the model-parameter-randomisation check of each explainer on
+    this checkpoint, as written by ``mammoxai sanity --write``
+    (:func:`mammoxai.explainers.sanity.sanity_record`); the node uses it to keep
+    maps that do not depend on the model away from the reader.
     """
 
     architecture: str
@@ -68,6 +72,7 @@ class ModelMetadata:
     training: dict[str, Any] = field(default_factory=dict)
     weights_dtype: str = "float32"
     explainer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sanity: dict[str, Any] = field(default_factory=dict)
     format: int = METADATA_FORMAT
 
     def __post_init__(self) -> None:
@@ -97,6 +102,8 @@ class ModelMetadata:
         if not isinstance(self.explainer_params, dict) or not all(
                 isinstance(v, dict) for v in self.explainer_params.values()):
             raise ValueError("explainer_params must map method names to JSON objects of parameters")
+        if not isinstance(self.sanity, dict) or not isinstance(self.sanity.get("methods", {}), dict):
+            raise ValueError("sanity must be a JSON object with a 'methods' object (see mammoxai sanity --write)")
         if self.weights_dtype not in ("float32", "float16"):
             raise ValueError(f"weights_dtype {self.weights_dtype!r} must be 'float32' or 'float16'")
 

@@ -1,44 +1,30 @@
 """Loop prevention and triage of received instances: which ones the node processes.
 
 A PACS that routes *everything* back to the node would otherwise make it
-process its own results forever. An instance is never processed when any of
-these holds (PS3.3 attribute names):
+process its own results forever. The rules live in ``dicom_io`` (one place for
+what "ours" and "a mammogram" mean, used by the SCP and the pipeline alike);
+this module orders them and adds one node-only rule:
 
-- ``mammoxai.dicom_io.is_our_output`` says so;
-- its Manufacturer (0008,0070) is ours (``output.manufacturer``) and its
-  SeriesNumber (0020,0011) lies in our range ``[series_number_base, +1000)``;
-- a Contributing Equipment Sequence (0018,A001) item names our manufacturer;
-- it is of a SOP class the node only ever writes (SR, SEG, GSPS, ...).
+1. :func:`mammoxai.dicom_io.our_output_reason`: Manufacturer, Contributing
+   Equipment or our SOP classes in our series range;
+2. a SOP class the node only ever writes (SR, SEG, GSPS, Parametric Map): never
+   a source, whoever wrote it;
+3. :func:`mammoxai.dicom_io.classify_dataset`: not a mammogram (CT, MR, an SC of
+   another modality, ...) or one mammoxai cannot read (tomosynthesis, multi-frame,
+   colour).
 
-Everything else that cannot carry a mammogram (CT, MR, ...) is accepted by
-the SCP and ignored, so a PACS routing a whole study never sees a failure.
+Ignored instances are still accepted (Success) by the SCP, so a PACS routing a
+whole study never sees a failure.
 """
 
 from __future__ import annotations
-
-import logging
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..config import OutputSettings
-from ..dicom_io import is_our_output
+from ..dicom_io import classify_dataset, our_output_reason
 
-log = logging.getLogger(__name__)
-
-DIGITAL_MAMMOGRAPHY_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
-DIGITAL_MAMMOGRAPHY_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.2.1")
-#: SOP classes whose instances are mammograms whatever their Modality
-MAMMOGRAPHY_SOP_CLASSES = frozenset({DIGITAL_MAMMOGRAPHY_PRESENTATION, DIGITAL_MAMMOGRAPHY_PROCESSING})
-#: SOP classes that carry a mammogram when Modality (0008,0060) is MG: Secondary Capture (single and
-#: multi-frame grayscale) and Digital X-Ray (CBIS-DDSM and digitised film arrive as these)
-GENERIC_IMAGE_SOP_CLASSES = frozenset({
-    UID("1.2.840.10008.5.1.4.1.1.7"),        # Secondary Capture Image
-    UID("1.2.840.10008.5.1.4.1.1.7.2"),      # Multi-frame Grayscale Byte SC
-    UID("1.2.840.10008.5.1.4.1.1.7.3"),      # Multi-frame Grayscale Word SC
-    UID("1.2.840.10008.5.1.4.1.1.1.1"),      # Digital X-Ray Image - For Presentation
-    UID("1.2.840.10008.5.1.4.1.1.1.1.1"),    # Digital X-Ray Image - For Processing
-})
 #: SOP classes the node writes and never reads back
 OUTPUT_ONLY_SOP_CLASSES = frozenset({
     UID("1.2.840.10008.5.1.4.1.1.88.11"),    # Basic Text SR
@@ -49,30 +35,16 @@ OUTPUT_ONLY_SOP_CLASSES = frozenset({
     UID("1.2.840.10008.5.1.4.1.1.11.1"),     # Grayscale Softcopy Presentation State
     UID("1.2.840.10008.5.1.4.1.1.30"),       # Parametric Map
 })
-SERIES_RANGE = 1000
 
 
 def own_output_reason(ds: Dataset, output: OutputSettings) -> str | None:
-    """Why ``ds`` is one of our own results, or ``None`` when it is not (header only; no pixel data needed)."""
-    ours = output.manufacturer.strip().lower()
-    manufacturer = str(ds.get("Manufacturer", "") or "").strip().lower()
-    try:
-        series_number = int(ds.get("SeriesNumber", None) or -1)
-    except (TypeError, ValueError):
-        series_number = -1
-    base = output.series_number_base
-    if manufacturer == ours and base <= series_number < base + SERIES_RANGE:
-        return f"our own output (Manufacturer {output.manufacturer}, SeriesNumber {series_number})"
-    for item in ds.get("ContributingEquipmentSequence", None) or []:
-        if str(item.get("Manufacturer", "") or "").strip().lower() == ours:
-            return f"our own output (Contributing Equipment {output.manufacturer})"
-    if UID(str(ds.get("SOPClassUID", ""))) in OUTPUT_ONLY_SOP_CLASSES:
-        return f"SOP class {UID(str(ds.SOPClassUID)).name} is one the node writes, never processes"
-    try:
-        if is_our_output(ds, output):
-            return "our own output (dicom_io.is_our_output)"
-    except Exception as exc:  # a malformed header must not stop the triage
-        log.debug("is_our_output failed on %s: %s", ds.get("SOPInstanceUID", "?"), exc)
+    """Why ``ds`` is one of our own results or a kind of object we only write, or ``None`` (header only)."""
+    reason = our_output_reason(ds, output)
+    if reason is not None:
+        return reason
+    sop_class = UID(str(ds.get("SOPClassUID", "")))
+    if sop_class in OUTPUT_ONLY_SOP_CLASSES:
+        return f"SOP class {sop_class.name} is one the node writes, never processes"
     return None
 
 
@@ -81,10 +53,5 @@ def triage(ds: Dataset, output: OutputSettings) -> str | None:
     reason = own_output_reason(ds, output)
     if reason is not None:
         return reason
-    sop_class = UID(str(ds.get("SOPClassUID", "")))
-    if sop_class in MAMMOGRAPHY_SOP_CLASSES:
-        return None
-    modality = str(ds.get("Modality", "") or "")
-    if sop_class in GENERIC_IMAGE_SOP_CLASSES:
-        return None if modality == "MG" else f"Modality {modality or '(none)'} is not MG"
-    return f"SOP class {sop_class.name or sop_class} does not carry mammograms"
+    verdict = classify_dataset(ds)
+    return None if verdict.is_mammogram else str(verdict)

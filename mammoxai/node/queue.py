@@ -17,6 +17,12 @@ Job life cycle (``jobs.state``)::
 ``kind`` is ``instance`` (one received SOP Instance) or ``summary`` (the
 study-level summary, made when a study has been quiet for
 ``node.study_quiet_seconds``).
+
+``revision`` counts the receptions of a job's instance. An instance received
+again while its results are being sent re-queues the job; the sender then
+finishes only if the revision it started with is still current
+(:meth:`JobQueue.finish_delivery`), so it never marks the new reception done
+nor deletes its file.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     timings TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL DEFAULT 0
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    revision INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
@@ -90,6 +97,7 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
     next_attempt_at: float = 0.0
+    revision: int = 0
 
     @property
     def sop_instance_uid(self) -> str:
@@ -125,6 +133,9 @@ class JobQueue:
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "revision" not in columns:   # a spool made before revisions were counted
+                self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         """Close the database connection."""
@@ -179,6 +190,7 @@ class JobQueue:
                 job_id = int(cur.lastrowid)
             else:
                 job_id = int(row["id"])
+                self._db.execute("UPDATE jobs SET revision = revision + 1 WHERE id = ?", (job_id,))
                 if row["state"] not in ("received", "running"):
                     self._db.execute(
                         "UPDATE jobs SET state = ?, attempts = 0, send_attempts = 0, error = ?, timings = ?,"
@@ -232,6 +244,21 @@ class JobQueue:
     def mark_done(self, job_id: int, timings: dict[str, float] | None = None) -> None:
         """Everything the job produced was delivered (or it produced nothing to deliver)."""
         self._update(job_id, state="done", error="", timings=self._merged_timings(job_id, timings))
+
+    def finish_delivery(self, job_id: int, revision: int, timings: dict[str, float] | None = None) -> bool:
+        """Mark a delivered job 'done' if it is still 'sending' the reception ``revision``; True if it was.
+
+        False means the instance was received again meanwhile: the job is queued
+        (or running) for that newer copy and must be left alone.
+        """
+        def work() -> bool:
+            merged = json.dumps(self._merged_timings(job_id, timings))
+            cur = self._db.execute(
+                "UPDATE jobs SET state = 'done', error = '', timings = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'sending' AND revision = ?", (merged, time.time(), job_id, revision))
+            return cur.rowcount == 1
+
+        return bool(self._tx(work))
 
     def mark_ignored(self, job_id: int, reason: str, timings: dict[str, float] | None = None) -> None:
         """Nothing to do for this instance (not a mammogram, our own output, ...)."""

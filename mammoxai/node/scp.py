@@ -34,7 +34,8 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..config import Settings
-from .loop import GENERIC_IMAGE_SOP_CLASSES, MAMMOGRAPHY_SOP_CLASSES, triage
+from ..dicom_io import MAMMOGRAM_CARRIER_SOP_CLASSES
+from .loop import triage
 from .queue import JobQueue
 from .security import AddressFilter, server_context
 from .spool import Spool
@@ -92,7 +93,7 @@ def storage_contexts() -> list[tuple[UID, list[UID]]]:
     out = []
     for cx in AllStoragePresentationContexts:
         sop = UID(cx.abstract_syntax)
-        mammo = sop in MAMMOGRAPHY_SOP_CLASSES or sop in GENERIC_IMAGE_SOP_CLASSES
+        mammo = sop in MAMMOGRAM_CARRIER_SOP_CLASSES
         out.append((sop, decodable if mammo else every))
     return out
 

@@ -13,6 +13,7 @@ from mammoxai.dicom_io import (
     NotAMammogramError,
     UnsupportedMammogramError,
     UnsupportedTransferSyntaxError,
+    load_dataset,
     read_mammogram,
     write_phantom_dicom,
 )
@@ -126,6 +127,22 @@ def test_not_dicom(tmp_path):
         read_mammogram(tmp_path / "missing.dcm")
     with pytest.raises(TypeError):
         read_mammogram(42)   # type: ignore[arg-type]
+
+
+def test_load_dataset_reads_whole_files_and_refuses_broken_ones(tmp_path, native):
+    path, ds = native
+    loaded = load_dataset(path)
+    assert loaded.SOPInstanceUID == ds.SOPInstanceUID and "PixelData" in loaded
+    assert read_mammogram(loaded).sop_instance_uid == ds.SOPInstanceUID     # the pipeline reads each file once
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DicomReadError, match=f"file {cut}: .*truncated"):
+        load_dataset(cut)
+    (tmp_path / "junk.dcm").write_bytes(b"this is not DICOM" * 50)
+    with pytest.raises(DicomReadError, match="not a DICOM file"):
+        load_dataset(tmp_path / "junk.dcm")
+    with pytest.raises(DicomReadError, match="no such file"):
+        load_dataset(tmp_path / "missing.dcm")
 
 
 def test_wrong_modality_ct(tmp_path, native):

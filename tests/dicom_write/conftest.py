@@ -135,7 +135,8 @@ def make_result(shape: tuple[int, int], *, methods: tuple[str, ...] = (
                               parameters={"steps": 16, "layer": "layer4"} if method == "integrated_gradients"
                               else {"layer": "layer4"},
                               seconds=0.5 + i, quality={"faithfulness": 0.71 - 0.1 * i, "sparseness": 0.4,
-                                                        "deletion_auc": 0.2}))
+                                                        "deletion_auc": 0.2, "randomisation_rho": 0.2 + 0.6 * signed},
+                              caution="map fails model-randomisation check" if signed else ""))
     algo = AlgorithmInfo(name="mammoxai demo CNN (resnet10t)", version="0.1.0", checkpoint_sha256="ab" * 32,
                          architecture="resnet10t", software_version="0.1.0",
                          intended_use="demo - synthetic data - not for clinical use")

@@ -80,3 +80,25 @@ def test_overlay_respects_max_size_and_montage_has_all_panels(real_lcc, dw):
         render.render_overlay(real_lcc, bad, result)
     with pytest.raises(DicomWriteError, match="no maps"):
         render.render_montage(real_lcc, dataclasses.replace(result, maps=()))
+
+
+def test_a_caution_is_burned_into_the_footer(phantom_l_cc, dw):
+    rows, cols = phantom_l_cc.pixels.shape
+    result = dw.make_result((rows, cols), methods=("gradcam",))
+    plain = result.maps[0]
+    cautioned = dataclasses.replace(plain, caution="map fails model-randomisation check")
+    footer = render._margins(max(rows, cols))[1]
+
+    def warning_pixels(page):
+        """How far right the yellow footer text reaches (the caution follows the disclaimer)."""
+        band = page[-max(page.shape[0] * 6 // 100, 1):]
+        columns = np.flatnonzero(((band[:, :, 0] > 200) & (band[:, :, 1] > 150) & (band[:, :, 2] < 80)).any(axis=0))
+        return int(columns.max())
+
+    a = render.render_overlay(phantom_l_cc, plain, result)
+    b = render.render_overlay(phantom_l_cc, cautioned, result)
+    assert np.array_equal(a[:-footer], b[:-footer])             # only the footer differs
+    assert warning_pixels(b) > 1.5 * warning_pixels(a)
+    montage_plain = render.render_montage(phantom_l_cc, dataclasses.replace(result, maps=(plain, plain)))
+    montage_marked = render.render_montage(phantom_l_cc, dataclasses.replace(result, maps=(plain, cautioned)))
+    assert warning_pixels(montage_marked) > 1.3 * warning_pixels(montage_plain)

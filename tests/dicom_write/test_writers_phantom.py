@@ -118,6 +118,7 @@ def test_structured_report_content(written):
     assert text_of(gradcam, codes.DCM.AlgorithmParameters) == ["layer=layer4"]
     names = {m.name.value: m.value for m in gradcam.get_measurements()}
     assert names["MXAI-Q-FAITH"] == pytest.approx(0.71) and names["MXAI-Q-SPARSE"] == pytest.approx(0.4)
+    assert names["MXAI-Q-RANDRHO"] == pytest.approx(0.2)          # the checkpoint's randomisation check
     rois = sr.content.get_planar_roi_measurement_groups()
     regions = hot_regions(result, OutputSettings())
     assert len(rois) == sum(len(v) for v in regions.values()) >= 5
@@ -131,6 +132,10 @@ def test_structured_report_content(written):
     texts = [str(i.TextValue) for i in pydicom.dcmread(paths[4]).ContentSequence[-1].ContentSequence]
     assert "rise: timed out after 300 s" in texts
     assert any("NOT FOR DIAGNOSTIC USE" in t for t in texts)
+    # a map that fails the randomisation check is marked in the report, and only that one
+    cautions = [i for i in pydicom.dcmread(paths[4]).ContentSequence[-1].ContentSequence
+                if i.ConceptNameCodeSequence[0].CodeValue == "MXAI-CAUTION"]
+    assert [str(i.TextValue) for i in cautions] == ["Saliency (signed): map fails model-randomisation check"]
 
 
 def test_segmentations(written):

@@ -112,3 +112,38 @@ def test_lrp_batch_equals_single_images(resnet_inplace, image):
     first = create("lrp").explain(resnet_inplace, pair[:1], 1).heatmap
     second = create("lrp").explain(resnet_inplace, pair[1:], 0).heatmap
     assert torch.allclose(both, torch.cat([first, second]), atol=1e-6 * float(both.abs().max()))
+
+
+def test_lrp_reuses_its_canonised_copy_until_the_model_changes(resnet_inplace, image):
+    import copy
+
+    from mammoxai.explainers import lrp as lrp_module
+
+    model = copy.deepcopy(resnet_inplace)
+    explainer = create("lrp")
+    calls = []
+    original = lrp_module.canonize
+
+    def counting(m, sample):
+        calls.append(m)
+        return original(m, sample)
+
+    lrp_module.canonize = counting
+    try:
+        first = explainer.explain(model, image, 1).heatmap
+        again = explainer.explain(model, image, 1).heatmap
+        assert len(calls) == 1 and torch.equal(first, again)            # cached: canonised once
+        explainer.explain(model, torch.cat([image, image]), 1)           # same shape per image: still cached
+        assert len(calls) == 1
+        with torch.no_grad():                                            # weights changed in place: rebuilt
+            model.fc.weight.mul_(-1.0)
+        flipped = explainer.explain(model, image, 1).heatmap
+        assert len(calls) == 2
+        fresh = create("lrp").explain(model, image, 1).heatmap
+        assert torch.allclose(flipped, fresh) and not torch.allclose(flipped, first)
+        state = copy.deepcopy(resnet_inplace.state_dict())
+        model.load_state_dict(state)                                     # load_state_dict copies in place: rebuilt
+        assert torch.allclose(explainer.explain(model, image, 1).heatmap, first, atol=1e-6)
+        assert len(calls) == 4                                           # (fresh explainer: one more above)
+    finally:
+        lrp_module.canonize = original

@@ -132,3 +132,24 @@ def test_attention_on_demo_vit_matches_manual_rollout(demo_vit):
     assert torch.allclose(vit_rollout(record.attentions, 1, (14, 12), use_cls), ref, rtol=1e-4, atol=1e-7)
     last = create("attention_last").explain(model, x).heatmap
     assert last.shape == (1, h, w) and torch.isfinite(last).all()
+
+
+def test_demo_vit_randomisation_record_holds_for_the_attention_maps(demo_vit):
+    """The demo ViT's shipped record (``mammoxai sanity --write``: blocks 2-3, fc_norm and head re-initialised,
+    4 evaluation phantoms x 2 seeds), recomputed: last-block attention and Grad-CAM on the token grid depend on
+    the model; attention rollout does not (it is dominated by the lower blocks and the residual identity)."""
+    from mammoxai.evaluate import phantom_samples
+    from mammoxai.explainers.sanity import model_randomisation_check, sanity_verdicts
+
+    verdicts = sanity_verdicts(demo_vit.metadata.sanity)
+    samples = phantom_samples(demo_vit, 4)
+    batch = torch.cat([s.tensor for s in samples])
+    target = demo_vit.predict_proba(batch).argmax(dim=1)
+    names = ["attention_rollout", "attention_last", "gradcam"]
+    results = model_randomisation_check(demo_vit.module, [create(n) for n in names], batch, target, seeds=(0, 1))
+    for name in names:
+        print(f"{name}: Spearman {results[name].spearman:+.3f} (record {verdicts[name][0]:+.3f})")
+        assert results[name].spearman == pytest.approx(verdicts[name][0], abs=0.02)
+        assert results[name].passed == verdicts[name][1]
+    assert not results["attention_rollout"].passed
+    assert results["attention_last"].passed and results["gradcam"].passed

@@ -124,24 +124,31 @@ def test_triage_and_loop_prevention(tmp_path):
     mg = make_image(tmp_path / "mg.dcm")
     assert triage(mg, out) is None and own_output_reason(mg, out) is None
     ct = make_image(tmp_path / "ct.dcm", modality="CT", sop_class=CT_IMAGE)
-    assert "does not carry mammograms" in triage(ct, out)
+    assert triage(ct, out) == "not_mammogram: Modality CT, SOP Class CT Image Storage"
     sc = make_image(tmp_path / "sc.dcm", modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7")
-    assert "Modality OT is not MG" in triage(sc, out)
+    assert "Modality OT" in triage(sc, out)
     sc.Modality = "MG"
     assert triage(sc, out) is None
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.1.1",     # Digital X-Ray For Presentation (was mistaken for CR)
+                      "1.2.840.10008.5.1.4.1.1.1"):      # Computed Radiography (CR mammography plates)
+        dx = make_image(tmp_path / "dx.dcm", sop_class=sop_class)
+        assert triage(dx, out) is None, sop_class
+        dx.Modality = "DX"
+        assert "not_mammogram" in triage(dx, out)
+    tomo = make_image(tmp_path / "tomo.dcm", sop_class="1.2.840.10008.5.1.4.1.1.13.1.3")
+    assert triage(tomo, out).startswith("unsupported_mammogram: Breast Tomosynthesis")
     sc.Manufacturer, sc.SeriesNumber = "mammoxai", 9103
-    assert "our own output" in triage(sc, out)
+    assert triage(sc, out) == "our own output (Manufacturer mammoxai)"
     sc.Manufacturer = "Other"
     eq = Dataset()
-    eq.Manufacturer = "mammoxai"
+    eq.Manufacturer = "mammoxai"       # no IHE purpose: still ours (an archive may have dropped it)
     sc.ContributingEquipmentSequence = Sequence([eq])
     assert "Contributing Equipment" in triage(sc, out)
+    sc.ContributingEquipmentSequence = Sequence()
+    assert "our series range" in triage(sc, out)     # Secondary Capture with Series Number 9103
     sr = Dataset()
     sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
-    assert "never processes" in triage(sr, out)
-    sc.ContributingEquipmentSequence = Sequence()
-    sc.Manufacturer, sc.SeriesNumber = "mammoxai", 1          # ours by Manufacturer only: dicom_io's rule
-    assert triage(sc, out) == "our own output (dicom_io.is_our_output)"
+    assert "never processes" in triage(sr, out)      # anyone's SR: never a source
 
 
 def test_address_filter():

@@ -115,10 +115,63 @@ def test_wrong_positive_class_is_a_settings_error(fast_settings, pipeline):
 def test_every_profile_builds_with_valid_parameters(profile, pipeline):
     from mammoxai.config import PROFILE_METHODS, load_settings
 
+    from mammoxai.explainers.sanity import sanity_verdicts
+
     settings = load_settings()
     settings.explainers.profile = profile
     explainers = build_explainers(settings, pipeline.classifier)
-    assert [e.name for e in explainers] == PROFILE_METHODS[profile]
+    failing = {n for n, (_, passed) in sanity_verdicts(pipeline.classifier.metadata.sanity).items() if not passed}
+    # by default, what fails the demo CNN's randomisation check is left out (Guided Backprop, Eigen-CAM, ...)
+    assert [e.name for e in explainers] == [n for n in PROFILE_METHODS[profile] if n not in failing]
+    if profile == "full":
+        assert {"guided_backprop", "eigencam", "guided_gradcam"} <= failing
     for explainer in explainers:
         for key, value in settings.explainers.parameters_for(explainer.name).items():
             assert explainer.params[key] == value
+
+
+def _with_sanity_record(classifier, methods):
+    """A copy of ``classifier`` whose metadata carries a randomisation record with these (ρ, passed) verdicts."""
+    import dataclasses
+
+    record = {"randomised": ["layer3", "layer4", "fc"], "threshold": 0.5,
+              "methods": {n: {"spearman": rho, "passed": ok} for n, (rho, ok) in methods.items()}}
+    return dataclasses.replace(classifier, metadata=dataclasses.replace(classifier.metadata, sanity=record))
+
+
+def test_sanity_policy_excludes_failing_methods_by_default(fast_settings, pipeline, caplog):
+    classifier = _with_sanity_record(pipeline.classifier, {"saliency": (0.91, False), "gradcam": (0.08, True)})
+    with caplog.at_level("WARNING", logger="mammoxai.pipeline"):
+        names = [e.name for e in build_explainers(fast_settings, classifier)]
+    assert names == ["gradcam"]
+    assert "saliency not run" in caplog.text and "0.91" in caplog.text and "explainers.sanity = 'label'" in caplog.text
+    fast_settings.explainers.sanity = "off"
+    assert [e.name for e in build_explainers(fast_settings, classifier)] == ["gradcam", "saliency"]
+
+
+@pytest.mark.parametrize("policy", ["label", "off"])
+def test_sanity_policy_label_marks_the_outputs(policy, fast_settings, pipeline, phantom_files, tmp_path):
+    from mammoxai.dicom_io import write_results
+
+    fast_settings.explainers.sanity = policy
+    classifier = _with_sanity_record(pipeline.classifier, {"saliency": (0.91, False), "gradcam": (0.08, True)})
+    (item,) = Pipeline(fast_settings, classifier=classifier).process([phantom_files["lcc"]])
+    assert item.status == "done", item.reason
+    maps = {m.method: m for m in item.result.maps}
+    assert set(maps) == {"gradcam", "saliency"}
+    sr = [ds for ds in item.outputs if ds.Modality == "SR"][0]
+    texts = [str(i.TextValue) for i in sr.ContentSequence[-1].ContentSequence]
+    if policy == "off":
+        assert all(m.caution == "" and "randomisation_rho" not in m.quality for m in maps.values())
+        assert not any("randomisation" in t for t in texts)
+        return
+    assert maps["saliency"].caution == "map fails model-randomisation check" and maps["gradcam"].caution == ""
+    assert maps["saliency"].quality["randomisation_rho"] == 0.91 and maps["gradcam"].quality["randomisation_rho"] == 0.08
+    assert "Saliency (vanilla gradient): map fails model-randomisation check" in texts
+    rho = {}
+    for group in sr.ContentSequence:
+        for item_ in getattr(group, "ContentSequence", []):
+            for entry in getattr(item_, "ContentSequence", []):
+                if entry.ValueType == "NUM" and entry.ConceptNameCodeSequence[0].CodeValue == "MXAI-Q-RANDRHO":
+                    rho.setdefault("values", []).append(float(entry.MeasuredValueSequence[0].NumericValue))
+    assert sorted(rho["values"]) == [0.08, 0.91]

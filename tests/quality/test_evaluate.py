@@ -140,6 +140,38 @@ def test_cli_sanity_separates_methods(checkpoint, monkeypatch, capsys):
     assert "error: never applies" in lines["test_not_applicable"]
 
 
+def test_cli_sanity_write_keeps_the_verdicts_for_the_node(checkpoint, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    from mammoxai.config import load_settings
+    from mammoxai.models import load_classifier
+    from mammoxai.pipeline import build_explainers
+
+    copy = tmp_path / "tiny.pt"
+    shutil.copyfile(checkpoint, copy)
+    shutil.copyfile(checkpoint.with_suffix(".json"), copy.with_suffix(".json"))
+    _env(monkeypatch, copy)
+    assert cli.main(["sanity", "--phantoms", "2", "--seeds", "1", "--write", "--explainers",
+                     "test_input_gradient,test_input_intensity,test_not_applicable"]) == 0
+    assert "written to" in capsys.readouterr().out
+    record = json.loads(copy.with_suffix(".json").read_text())["sanity"]
+    assert record["randomised"] == ["layer3", "layer4", "fc"] and record["threshold"] == 0.5
+    methods = record["methods"]
+    assert methods["test_input_gradient"]["passed"] and not methods["test_input_intensity"]["passed"]
+    assert methods["test_input_intensity"]["images"].startswith("2 phantoms") and methods["test_input_intensity"]["seeds"] == [0]
+    assert "never applies" in methods["test_not_applicable"]["error"]
+    # a second run of one method merges into the record; the node then leaves the failing method out
+    assert cli.main(["sanity", "--phantoms", "1", "--write", "--explainers", "test_input_gradient"]) == 0
+    again = json.loads(copy.with_suffix(".json").read_text())["sanity"]["methods"]
+    assert set(again) == set(methods) and again["test_input_gradient"]["images"].startswith("1 phantom,")
+    settings = load_settings()
+    settings.explainers.enabled = ["test_input_gradient", "test_input_intensity"]
+    assert [e.name for e in build_explainers(settings, load_classifier(copy, device="cpu"))] == ["test_input_gradient"]
+    assert cli.main(["sanity", "--phantoms", "1", "--randomise", "layer9"]) == 2
+    assert "--randomise" in capsys.readouterr().err
+
+
 def test_cli_bench_unknown_name_is_a_one_line_error(capsys):
     assert cli.main(["bench", "no_such_benchmark"]) == 2
     assert "no such benchmark" in capsys.readouterr().err
