@@ -395,6 +395,17 @@ def main_evaluate(args: Any, settings: Any) -> int:
     return 0 if summary else 1
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by ``None`` (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def main_sanity(args: Any, settings: Any) -> int:
     """``mammoxai sanity``: the model-randomisation check of each explainer on phantoms; ``--write`` stores
     the verdicts in the checkpoint's metadata, where the node reads them (``explainers.sanity``)."""
@@ -439,7 +450,7 @@ def main_sanity(args: Any, settings: Any) -> int:
         if meta.sanity and (meta.sanity.get("randomised") != modules
                             or meta.sanity.get("threshold") != record["threshold"]):
             meta.sanity = {}   # another protocol: earlier verdicts are not comparable, start afresh
-        meta.sanity = {**record, "methods": {**meta.sanity.get("methods", {}), **record["methods"]}}
+        meta.sanity = _finite_or_null({**record, "methods": {**meta.sanity.get("methods", {}), **record["methods"]}})
         path = sidecar_path(classifier.checkpoint_path)
         path.write_text(meta.to_json(), encoding="utf-8")
         print(f"verdicts of {len(results)} methods written to {path}")

@@ -108,6 +108,20 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
     return explainers
 
 
+def _robustness_scores(explanation: Explanation, index: int) -> dict[str, float]:
+    """An attack's verdict on image ``index`` as scores for the SR: did a perturbation within the budget flip
+    the decision (1/0), the smallest budget that did, and the largest budget tried (intensity units)."""
+    reports = explanation.extras.get("robustness")
+    if not reports or index >= len(reports):
+        return {}
+    report = reports[index]
+    scores = {"adversarial_flipped": 1.0 if report["flipped"] else 0.0,
+              "adversarial_max_epsilon": float(report["max_epsilon"])}
+    if report["epsilon"] is not None:
+        scores["adversarial_epsilon"] = float(report["epsilon"])
+    return scores
+
+
 class Pipeline:
     """Model, explainers and writers, loaded once."""
 
@@ -184,6 +198,7 @@ class Pipeline:
             maps = []
             for name, explanation in run.explanations.items():
                 quality = dict(scores.get(name, [{}] * len(prepared))[i])
+                quality.update(_robustness_scores(explanation, i))
                 caution = ""
                 if name in self.sanity:
                     rho, passed = self.sanity[name]

@@ -79,6 +79,9 @@ QUALITY_CODES: dict[str, tuple[str, str]] = {
     "pointing_game": ("POINT", "Pointing game hit"),
     "relevance_mass": ("RMASSACC", "Relevance mass accuracy"),
     "randomisation_rho": ("RANDRHO", "Rank correlation with map of randomised model"),
+    "adversarial_flipped": ("ADVFLIP", "Decision flipped within perturbation budget"),
+    "adversarial_epsilon": ("ADVEPS", "Smallest decision-flipping perturbation"),
+    "adversarial_max_epsilon": ("ADVMAXEPS", "Largest perturbation tried"),
 }
 
 

@@ -21,8 +21,11 @@ Results. ``Explanation.extras["robustness"]`` is a list (one per image) of
 dicts: ``flipped`` (bool), ``epsilon`` (smallest flipping budget found, ``None``
 when none did), ``max_epsilon``, ``adversarial_class`` (``None`` if not flipped),
 ``linf`` / ``l2`` (norms of the returned perturbation δ, intensity units),
-``schedule`` (the budgets tried), ``clean_class``, ``units``. The heatmap is ``Σ_channels |δ|`` of the
-perturbation at the reported budget, or at ``max_epsilon`` when nothing flipped.
+``schedule`` (the budgets tried), ``clean_class``, ``units``. The heatmap is the signed perturbation
+``Σ_channels δ`` (positive: the attack brightens the pixel) at the reported budget, or at ``max_epsilon``
+when nothing flipped. Signed, because its magnitude alone says little: an L∞ attack such as FGSM moves
+every pixel by ±ε, so ``|δ|`` is flat and identical for any model, while the sign pattern is the
+model's own adversarial direction.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class _Attack(Explainer):
     """Common search over budgets; subclasses implement :meth:`_perturb` in intensity space."""
 
     family = "robustness"
-    signed = False
+    signed = True
     attack_defaults: dict[str, Any] = {"mean": 0.0, "std": 1.0, "n_eps": 8, "refine": 0, "clamp": False}
 
     def __init__(self, **params: Any) -> None:
@@ -167,7 +170,7 @@ class _Attack(Explainer):
         maps = []
         for i in range(n):
             delta = (best[i] if found_k[i] is not None else last[i]).float()
-            maps.append(delta.abs().sum(dim=0))
+            maps.append(delta.sum(dim=0))
             report.append({"flipped": found_k[i] is not None, "epsilon": found_eps[i],
                            "max_epsilon": schedule[-1], "adversarial_class": adv_class[i],
                            "linf": float(delta.abs().max()), "l2": float(delta.flatten().norm()),

@@ -101,9 +101,11 @@ def test_model_randomisation_check_reproduces_the_shipped_record():
         assert result.spearman == pytest.approx(verdicts[name][0], abs=0.02), name
         assert result.passed == verdicts[name][1], name
     assert {n for n, r in results.items() if not r.passed} == FAILS_ON_DEMO_CNN
-    # the perturbation methods and attacks were measured by the same command (too slow to repeat here)
-    for name in ("occlusion", "rise", "lime", "kernel_shap", "scorecam", "fgsm", "pgd_linf", "pgd_l2", "wasserstein"):
-        assert name in verdicts, name
+    # the perturbation methods and attacks were measured by the same command (too slow to repeat here):
+    # Score-CAM and the Wasserstein attack fail too, the others pass
+    slow = ("occlusion", "rise", "lime", "kernel_shap", "scorecam", "fgsm", "pgd_linf", "pgd_l2", "wasserstein")
+    assert {n for n in slow if not verdicts[n][1]} == {"scorecam", "wasserstein"}
+    assert {n for n, (_, ok) in verdicts.items() if not ok} == FAILS_ON_DEMO_CNN | {"scorecam", "wasserstein"}
 
 
 def test_gradcam_points_at_the_lesion_on_correctly_classified_malignant_phantoms():

@@ -175,3 +175,22 @@ def test_sanity_policy_label_marks_the_outputs(policy, fast_settings, pipeline, 
                 if entry.ValueType == "NUM" and entry.ConceptNameCodeSequence[0].CodeValue == "MXAI-Q-RANDRHO":
                     rho.setdefault("values", []).append(float(entry.MeasuredValueSequence[0].NumericValue))
     assert sorted(rho["values"]) == [0.08, 0.91]
+
+
+def test_attack_verdicts_reach_the_report(fast_settings, pipeline, phantom_files):
+    """How far to trust the decision: the smallest decision-flipping perturbation goes into the SR and JSON."""
+    fast_settings.explainers.enabled = ["fgsm"]
+    fast_settings.explainers.params = {"fgsm": {"eps_max": 0.2, "n_eps": 4}}
+    fast_settings.explainers.sanity = "off"   # this test is about the attack report, not the policy
+    (item,) = Pipeline(fast_settings, classifier=pipeline.classifier).process([phantom_files["lcc"]])
+    assert item.status == "done", item.reason
+    (fgsm,) = item.result.maps
+    assert fgsm.signed and fgsm.quality["adversarial_max_epsilon"] == pytest.approx(0.2)
+    assert fgsm.quality["adversarial_flipped"] in (0.0, 1.0)
+    assert ("adversarial_epsilon" in fgsm.quality) == (fgsm.quality["adversarial_flipped"] == 1.0)
+    sr = [ds for ds in item.outputs if ds.Modality == "SR"][0]
+    codes_found = {entry.ConceptNameCodeSequence[0].CodeValue: float(entry.MeasuredValueSequence[0].NumericValue)
+                   for group in sr.ContentSequence for item_ in getattr(group, "ContentSequence", [])
+                   for entry in getattr(item_, "ContentSequence", []) if entry.ValueType == "NUM"}
+    assert codes_found["MXAI-Q-ADVMAXEPS"] == pytest.approx(0.2)
+    assert codes_found["MXAI-Q-ADVFLIP"] == fgsm.quality["adversarial_flipped"]

@@ -73,3 +73,15 @@ def test_end_to_end_small_run_writes_json_and_markdown(bench, tmp_path):
 
 def test_cli_bench_runs_the_script(capsys):
     assert cli.main(["bench", "explainers", "--help"]) == 0
+
+
+def test_lrp_cache_benchmark_runs_and_reports_both_paths():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_lrp_cache.py"), "--repeats", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["cached_ms"] > 0 and report["canonised_each_call_ms"] > 0 and report["device"] == "cpu"
