@@ -38,7 +38,10 @@ def test_integrated_gradients_matches_captum(resnet, image, util, method):
     assert util.pearson(ours, ref) >= 0.99
     # captum's trapezoid weights are 1/n (they sum to (n-1)/n); ours are the exact trapezoid weights 1/(n-1)
     scale = 11 / 12 if method == "riemann_trapezoid" else 1.0
-    assert torch.allclose(ours * scale, ref, atol=1e-5 * float(ref.abs().max()) + 1e-7, rtol=1e-3)
+    # Tolerance 1e-3 of the largest attribution: captum's float32 linspace nodes and ours differ by an ulp, which
+    # can switch a ReLU near its kink at one node (seen: 3.6e-4 of the maximum on one CPU, 0 on another); a wrong
+    # weight scheme (the end weights) is off by several per cent of the maximum.
+    assert torch.allclose(ours * scale, ref, atol=1e-3 * float(ref.abs().max()), rtol=1e-3)
 
 
 def test_integrated_gradients_completeness(resnet, image):

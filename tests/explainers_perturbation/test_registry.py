@@ -7,8 +7,8 @@ from mammoxai.explainers import available, create, explainer_class
 EXPECTED = {
     "occlusion": ("perturbation", True), "rise": ("perturbation", False), "lime": ("perturbation", True),
     "kernel_shap": ("perturbation", True), "attention_rollout": ("attention", False),
-    "attention_last": ("attention", False), "fgsm": ("robustness", False), "pgd_linf": ("robustness", False),
-    "pgd_l2": ("robustness", False), "wasserstein": ("robustness", False),
+    "attention_last": ("attention", False), "fgsm": ("robustness", True), "pgd_linf": ("robustness", True),
+    "pgd_l2": ("robustness", True), "wasserstein": ("robustness", True),
 }
 
 
