@@ -102,10 +102,26 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
                        if k in cls.defaults})
         params.update(settings.explainers.parameters_for(name))
         try:
-            explainers.append(create(name, **params))
+            explainer = create(name, **params)
         except ValueError as exc:
             raise SettingsError(f"explainers.params.{name}: {exc}") from None
+        _warn_if_checked_otherwise(explainer, meta.sanity, settings.explainers.sanity)
+        explainers.append(explainer)
     return explainers
+
+
+def _warn_if_checked_otherwise(explainer: Explainer, record: dict[str, Any], policy: str) -> None:
+    """A verdict holds for the parameters it was measured with: say so when the configured ones differ."""
+    entry = record.get("methods", {}).get(explainer.name) if record else None
+    measured = entry.get("parameters") if isinstance(entry, dict) else None
+    if policy == "off" or measured is None:
+        return
+    configured = {k: v for k, v in explainer.params.items() if k not in ("batch_size", "autocast")}
+    differ = sorted(k for k in set(configured) | set(measured) if configured.get(k) != measured.get(k))
+    if differ:
+        log.warning("explainer %s: the checkpoint's randomisation verdict was measured with other parameters "
+                    "(%s); run mammoxai sanity --write with these settings to re-check it",
+                    explainer.name, ", ".join(f"{k} {measured.get(k)!r} -> {configured.get(k)!r}" for k in differ))
 
 
 def _robustness_scores(explanation: Explanation, index: int) -> dict[str, float]:

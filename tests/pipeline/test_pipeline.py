@@ -194,3 +194,21 @@ def test_attack_verdicts_reach_the_report(fast_settings, pipeline, phantom_files
                    for entry in getattr(item_, "ContentSequence", []) if entry.ValueType == "NUM"}
     assert codes_found["MXAI-Q-ADVMAXEPS"] == pytest.approx(0.2)
     assert codes_found["MXAI-Q-ADVFLIP"] == fgsm.quality["adversarial_flipped"]
+
+
+def test_a_verdict_measured_with_other_parameters_is_flagged(fast_settings, pipeline, caplog):
+    import dataclasses
+
+    record = {"randomised": ["layer3", "layer4", "fc"], "threshold": 0.5,
+              "methods": {"gradcam": {"spearman": 0.1, "passed": True, "parameters": {"seed": 0, "target_layer": "layer3"}},
+                          "saliency": {"spearman": 0.2, "passed": True, "parameters": {"seed": 0}}}}
+    classifier = dataclasses.replace(pipeline.classifier,
+                                     metadata=dataclasses.replace(pipeline.classifier.metadata, sanity=record))
+    with caplog.at_level("WARNING", logger="mammoxai.pipeline"):
+        build_explainers(fast_settings, classifier)
+    assert "measured with other parameters" not in caplog.text        # as measured: silent
+    fast_settings.explainers.params = {"gradcam": {"target_layer": "layer4"}}
+    with caplog.at_level("WARNING", logger="mammoxai.pipeline"):
+        build_explainers(fast_settings, classifier)
+    assert "gradcam: the checkpoint's randomisation verdict was measured with other parameters" in caplog.text
+    assert "target_layer 'layer3' -> 'layer4'" in caplog.text and "saliency:" not in caplog.text
