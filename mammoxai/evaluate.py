@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 #: First phantom seed of the evaluation set (apart from the training and validation seeds).
 EVAL_SEED = 30_000_000
 
-#: Columns of the evaluation: the quality scores, then the randomisation check (Spearman ρ of |map| before and
-#: after re-initialising the upper half of the network, as ``mammoxai sanity``; first batch of images only).
+#: Columns of the evaluation: the quality scores, then the randomisation check (Spearman ρ of the map as displayed
+#: before and after re-initialising the upper half of the network, as ``mammoxai sanity``; first batch only).
 EVAL_KEYS: tuple[str, ...] = (*SCORE_KEYS, "randomisation_rho")
 DIRECTION: dict[str, bool] = {**HIGHER_IS_BETTER, "randomisation_rho": False}
 
@@ -298,8 +298,8 @@ def markdown_table(summary: Sequence[dict[str, Any]], failures: dict[str, str] |
         lines += ["Failed methods:", ""] + [f"- {m}: {reason}" for m, reason in failures.items()] + [""]
     direction = ", ".join(f"{k} {'↑' if up else '↓'}" for k, up in DIRECTION.items())
     lines += [f"Better is: {direction}. faithfulness = insertion AUC − deletion AUC (blurred baseline); "
-              "randomisation_rho = Spearman ρ of |map| with the upper half of the network re-initialised "
-              "(first batch only).", ""]
+              "randomisation_rho = Spearman ρ of the map as displayed with the upper half of the network "
+              "re-initialised (first batch only).", ""]
     return "\n".join(lines)
 
 
@@ -437,7 +437,8 @@ def main_sanity(args: Any, settings: Any) -> int:
         if result.error:
             print(f"| {name} | – | – | – | – | error: {result.error} |")
             continue
-        lo, hi = min(result.per_image), max(result.per_image)
+        finite = [v for v in result.per_image if math.isfinite(v)] or [math.nan]
+        lo, hi = min(finite), max(finite)
         verdict = "passes (depends on the model)" if result.passed else "FAILS (map survives randomisation)"
         print(f"| {name} | {'signed' if result.signed else 'unsigned'} | {result.spearman:.3f} | "
               f"{lo:.2f} – {hi:.2f} | {result.spearman_abs:.3f} | {verdict} |")

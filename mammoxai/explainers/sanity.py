@@ -16,7 +16,7 @@ ABS form stays high, while the sign pattern - which says what speaks for and
 against the class - is what changes with the model.
 
 Re-initialisation follows Quantus 0.6 ``MPRT`` exactly, so the two agree to
-rounding (``tests/quality/test_quantus_agreement.py``): every sub-module that has
+rounding (``tests/quality/test_sanity.py``): every sub-module that has
 ``reset_parameters`` is reset, from the output backwards, each after
 ``torch.manual_seed(seed + 1)``; the caller's global RNG state is restored.
 
@@ -62,11 +62,11 @@ class SanityResult:
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        if self.error:
-            return {"error": self.error}
         def number(v: float) -> float | None:   # JSON has no NaN: a map that became constant is null
             return round(v, 4) if math.isfinite(v) else None
 
+        if self.error:
+            return {"error": self.error}
         return {"spearman": number(self.spearman), "spearman_abs": number(self.spearman_abs), "signed": self.signed,
                 "passed": self.passed, "per_image": [number(v) for v in self.per_image]}
 

@@ -19,11 +19,15 @@ whole study never sees a failure.
 
 from __future__ import annotations
 
+import logging
+
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..config import OutputSettings
 from ..dicom_io import classify_dataset, our_output_reason
+
+log = logging.getLogger(__name__)
 
 #: SOP classes the node writes and never reads back
 OUTPUT_ONLY_SOP_CLASSES = frozenset({
@@ -39,7 +43,11 @@ OUTPUT_ONLY_SOP_CLASSES = frozenset({
 
 def own_output_reason(ds: Dataset, output: OutputSettings) -> str | None:
     """Why ``ds`` is one of our own results or a kind of object we only write, or ``None`` (header only)."""
-    reason = our_output_reason(ds, output)
+    try:
+        reason = our_output_reason(ds, output)
+    except Exception as exc:  # noqa: BLE001 - a malformed received header must not stop the triage
+        log.debug("loop check failed on %s: %s", ds.get("SOPInstanceUID", "?"), exc)
+        reason = None
     if reason is not None:
         return reason
     sop_class = UID(str(ds.get("SOPClassUID", "")))
