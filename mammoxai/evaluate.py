@@ -395,22 +395,11 @@ def main_evaluate(args: Any, settings: Any) -> int:
     return 0 if summary else 1
 
 
-def _finite_or_null(value: Any) -> Any:
-    """``value`` with every NaN / infinity replaced by ``None`` (JSON has neither)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_null(v) for v in value]
-    return value
-
-
 def main_sanity(args: Any, settings: Any) -> int:
     """``mammoxai sanity``: the model-randomisation check of each explainer on phantoms; ``--write`` stores
     the verdicts in the checkpoint's metadata, where the node reads them (``explainers.sanity``)."""
     from .explainers import available
-    from .explainers.sanity import model_randomisation_check, sanity_record, top_modules
+    from .explainers.sanity import finite_or_null, model_randomisation_check, sanity_record, top_modules
     from .models.classifier import sidecar_path
 
     if args.phantoms < 1:
@@ -451,7 +440,7 @@ def main_sanity(args: Any, settings: Any) -> int:
         if meta.sanity and (meta.sanity.get("randomised") != modules
                             or meta.sanity.get("threshold") != record["threshold"]):
             meta.sanity = {}   # another protocol: earlier verdicts are not comparable, start afresh
-        meta.sanity = _finite_or_null({**record, "methods": {**meta.sanity.get("methods", {}), **record["methods"]}})
+        meta.sanity = finite_or_null({**record, "methods": {**meta.sanity.get("methods", {}), **record["methods"]}})
         path = sidecar_path(classifier.checkpoint_path)
         path.write_text(meta.to_json(), encoding="utf-8")
         print(f"verdicts of {len(results)} methods written to {path}")

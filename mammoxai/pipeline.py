@@ -35,7 +35,7 @@ from .dicom_io.results import ImageResult, MethodMap
 from .errors import MammoxaiError
 from .explainers import Explainer, Explanation, create, explainer_class, run_explainers
 from .explainers.quality import score_explanation
-from .explainers.sanity import sanity_verdicts
+from .explainers.sanity import recorded_parameters, sanity_verdicts
 from .models import Classifier, Geometry, load_classifier
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _warn_if_checked_otherwise(explainer: Explainer, record: dict[str, Any], pol
     measured = entry.get("parameters") if isinstance(entry, dict) else None
     if policy == "off" or measured is None:
         return
-    configured = {k: v for k, v in explainer.params.items() if k not in ("batch_size", "autocast")}
+    configured = recorded_parameters(explainer)
     differ = sorted(k for k in set(configured) | set(measured) if configured.get(k) != measured.get(k))
     if differ:
         log.warning("explainer %s: the checkpoint's randomisation verdict was measured with other parameters "

@@ -40,7 +40,7 @@ from .base import Explainer, run_explainers
 from .quality import spearman
 
 __all__ = ["SANITY_THRESHOLD", "SanityResult", "top_modules", "randomise_modules", "model_randomisation_check",
-           "sanity_record", "sanity_verdicts"]
+           "recorded_parameters", "finite_or_null", "sanity_record", "sanity_verdicts"]
 
 #: Adebayo et al.'s criterion as the issue states it: the map changes, rank correlation < 0.5.
 SANITY_THRESHOLD = 0.5
@@ -62,13 +62,28 @@ class SanityResult:
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        def number(v: float) -> float | None:   # JSON has no NaN: a map that became constant is null
-            return round(v, 4) if math.isfinite(v) else None
-
+        """The record entry: values rounded to 4 digits, NaN (a map that became constant) as ``None``."""
         if self.error:
             return {"error": self.error}
-        return {"spearman": number(self.spearman), "spearman_abs": number(self.spearman_abs), "signed": self.signed,
-                "passed": self.passed, "per_image": [number(v) for v in self.per_image]}
+        return finite_or_null({"spearman": round(self.spearman, 4), "spearman_abs": round(self.spearman_abs, 4),
+                               "signed": self.signed, "passed": self.passed,
+                               "per_image": [round(v, 4) for v in self.per_image]})
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN / infinity (nested in dicts and lists) replaced by ``None``: JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def recorded_parameters(explainer: Explainer) -> dict[str, Any]:
+    """The parameters a verdict depends on (all but ``batch_size`` and ``autocast``, which change no map)."""
+    return {k: v for k, v in explainer.params.items() if k not in ("batch_size", "autocast")}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -192,8 +207,7 @@ def sanity_record(results: Mapping[str, SanityResult], explainers: Sequence[Expl
     Each method's entry carries what it was measured on (``images``, ``seeds``,
     its ``parameters``), so records of separate runs can be merged by method.
     """
-    params = {e.name: {k: v for k, v in e.params.items() if k not in ("batch_size", "autocast")}
-              for e in explainers}
+    params = {e.name: recorded_parameters(e) for e in explainers}
     return {
         "check": ("model-parameter randomisation (Adebayo et al. 2018): Spearman rank correlation of the map "
                   "as displayed (spearman; the verdict) and of |map| (spearman_abs)"),

@@ -74,7 +74,7 @@ def test_model_randomisation_check_reproduces_the_shipped_record():
     fc re-initialised, 4 evaluation phantoms x 2 seeds): every verdict and ρ in the checkpoint's record holds."""
     from mammoxai.config import load_settings
     from mammoxai.evaluate import phantom_samples
-    from mammoxai.explainers.sanity import model_randomisation_check, sanity_verdicts, top_modules
+    from mammoxai.explainers.sanity import model_randomisation_check, recorded_parameters, sanity_verdicts, top_modules
     from mammoxai.models import load_classifier
     from mammoxai.pipeline import build_explainers
 
@@ -85,6 +85,7 @@ def test_model_randomisation_check_reproduces_the_shipped_record():
     settings.explainers.sanity = "off"
     settings.explainers.enabled = [n for n in ALL if n != "scorecam"]
     explainers = build_explainers(settings, clf)
+    by_name = {e.name: e for e in explainers}
     samples = phantom_samples(clf, 4)
     batch = torch.cat([s.tensor for s in samples])
     target = clf.predict_proba(batch).argmax(dim=1)
@@ -95,9 +96,7 @@ def test_model_randomisation_check_reproduces_the_shipped_record():
         print(f"  {name:22s} {result.spearman:+.3f} / {result.spearman_abs:+.3f}  "
               f"{'passes' if result.passed else 'FAILS'}")
         assert not result.error, (name, result.error)
-        assert record["methods"][name]["parameters"] == {k: v for k, v in explainers[[e.name for e in explainers]
-                                                          .index(name)].params.items()
-                                                          if k not in ("batch_size", "autocast")}
+        assert record["methods"][name]["parameters"] == recorded_parameters(by_name[name])
         assert result.spearman == pytest.approx(verdicts[name][0], abs=0.02), name
         assert result.passed == verdicts[name][1], name
     assert {n for n, r in results.items() if not r.passed} == FAILS_ON_DEMO_CNN

@@ -90,3 +90,12 @@ def test_check_agrees_with_quantus_mprt(timm_model, images):
                                             modules=["layer3", "layer4", "fc"], seeds=(42,))
     np.testing.assert_allclose(ours[explainer.name].per_image_abs, theirs, atol=1e-4)
     assert ours[explainer.name].spearman_abs == pytest.approx(theirs.mean(), abs=1e-4)
+
+
+def test_finite_or_null_and_recorded_parameters():
+    assert sanity.finite_or_null({"a": [1.0, math.nan], "b": {"c": math.inf, "d": "x"}, "e": 2}) == \
+        {"a": [1.0, None], "b": {"c": None, "d": "x"}, "e": 2}
+    explainer = InputGradient(times_input=True, batch_size=4)
+    assert sanity.recorded_parameters(explainer) == {"seed": 0, "times_input": True}   # batch size changes no map
+    constant = sanity.SanityResult("m", math.nan, False, [math.nan, 0.123456])
+    assert constant.as_dict()["spearman"] is None and constant.as_dict()["per_image"] == [None, 0.1235]
