@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from mammoxai.config.settings import OutputSettings
+from mammoxai.dicom_io import read_mammogram
 from mammoxai.dicom_io.mammogram import Mammogram
+from mammoxai.dicom_io.synthetic import write_phantom_dicom
 from mammoxai.dicom_io.results import AlgorithmInfo, ImageResult, MethodMap
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 DCIODVFY = shutil.which("dciodvfy")
 
 
@@ -24,89 +25,26 @@ DCIODVFY = shutil.which("dciodvfy")
 
 def phantom_dataset(rows: int = 480, cols: int = 320, *, laterality: str = "L", view: str = "CC",
                     study_uid: str | None = None, monochrome1: bool = False) -> Dataset:
-    """A minimal Digital Mammography X-Ray Image – For Presentation header + pixels (a bright half-disc)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = MG_FOR_PRESENTATION
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "MG"
-    ds.PatientName = "Phantom^Breast"
-    ds.PatientID = "PH-0001"
-    ds.PatientBirthDate = "19600101"
-    ds.PatientSex = "F"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "101500"
-    ds.AccessionNumber = "ACC123"
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "S1"
-    ds.StudyDescription = "Screening mammography"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.Manufacturer = "PhantomCorp"
-    ds.ManufacturerModelName = "PH-1"
-    ds.ContentDate = "20260101"
-    ds.ContentTime = "101600"
-    ds.AcquisitionDate = "20260101"
-    ds.AcquisitionTime = "101600"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.BodyPartExamined = "BREAST"
-    ds.ImageLaterality = laterality
-    ds.ViewPosition = view
-    ds.PatientOrientation = ["A", "R"] if laterality == "L" else ["P", "L"]
-    ds.BurnedInAnnotation = "NO"
-    ds.ImagerPixelSpacing = [0.1, 0.1]
-    ds.PixelSpacing = [0.1, 0.1]
-    ds.PositionerType = "MAMMOGRAPHIC"
-    ds.DetectorType = "DIRECT"
-    ds.KVP = 28
-    ds.ExposureTime = 1000
-    ds.XRayTubeCurrent = 100
-    ds.BodyPartThickness = 45
-    ds.CompressionForce = 100
-    ds.DistanceSourceToDetector = 650
-    ds.DistanceSourceToPatient = 600
-    ds.EstimatedRadiographicMagnificationFactor = 1.0
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.VOILUTFunction = "LINEAR"
-    ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
-    ds.QualityControlImage = "NO"
-    ds.LossyImageCompression = "00"
+    """A Digital Mammography X-Ray Image – For Presentation from the project's own phantom writer
+    (:func:`~mammoxai.dicom_io.synthetic.write_phantom_dicom`): a bright half-disc on the chest-wall side
+    of the display convention, 12 bits, with the study attributes the provenance tests look for."""
     yy, xx = np.mgrid[0:rows, 0:cols]
     breast = ((yy - rows / 2) / (rows * 0.45)) ** 2 + (xx / (cols * 0.9)) ** 2 <= 1.0   # chest wall at x = 0
     px = np.where(breast, 2500 + 600 * np.sin(xx / 9.0) * np.cos(yy / 13.0), 100).astype(np.uint16)
-    ds.PixelData = px.tobytes()
+    if laterality == "R":
+        px = px[:, ::-1].copy()                              # displayed with the chest wall on the right
+    ds = write_phantom_dicom(px, laterality=laterality, view=view, bits_stored=12, patient_id="PH-0001",
+                             patient_name="Phantom^Breast", study_instance_uid=study_uid,
+                             photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2")
+    ds.AccessionNumber = "ACC123"
+    ds.StudyDescription = "Screening mammography"
     return ds
 
 
 def mammogram_from_dataset(ds: Dataset, *, laterality: str, view: str | None) -> Mammogram:
-    """A Mammogram as the reader makes it: presentation pixels in [0, 1], chest wall on the conventional side.
-
-    Convention (as displayed): right breast chest wall on the right, left breast chest wall on the left.
-    """
-    px = ds.pixel_array.astype(np.float32)
-    lo, hi = float(px.min()), float(px.max())
-    pixels = ((px - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        pixels = 1.0 - pixels
-    half = pixels.shape[1] // 2
-    chest_wall_left = pixels[:, :half].mean() > pixels[:, half:].mean()
-    flip_h = chest_wall_left if laterality == "R" else not chest_wall_left
-    header = ds.copy()
-    del header.PixelData
-    return Mammogram(dataset=header, pixels=pixels, laterality=laterality, view=view,
-                     flip_horizontal=bool(flip_h), flip_vertical=False)
+    """The Mammogram the reader (:func:`~mammoxai.dicom_io.read_mammogram`) makes of ``ds``, with the
+    laterality and view the test states (``view`` None: unknown)."""
+    return dataclasses.replace(read_mammogram(ds), laterality=laterality, view=view)
 
 
 def gaussian(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
