@@ -399,7 +399,8 @@ def main_sanity(args: Any, settings: Any) -> int:
     """``mammoxai sanity``: the model-randomisation check of each explainer on phantoms; ``--write`` stores
     the verdicts in the checkpoint's metadata, where the node reads them (``explainers.sanity``)."""
     from .explainers import available
-    from .explainers.sanity import finite_or_null, model_randomisation_check, sanity_record, top_modules
+    from .explainers.sanity import (finite_or_null, merge_measurement, model_randomisation_check, sanity_record,
+                                    top_modules)
     from .models.classifier import sidecar_path
 
     if args.phantoms < 1:
@@ -440,7 +441,10 @@ def main_sanity(args: Any, settings: Any) -> int:
         if meta.sanity and (meta.sanity.get("randomised") != modules
                             or meta.sanity.get("threshold") != record["threshold"]):
             meta.sanity = {}   # another protocol: earlier verdicts are not comparable, start afresh
-        meta.sanity = finite_or_null({**record, "methods": {**meta.sanity.get("methods", {}), **record["methods"]}})
+        methods = dict(meta.sanity.get("methods", {}))
+        for name, entry in record["methods"].items():
+            methods[name] = merge_measurement(methods.get(name), entry)
+        meta.sanity = finite_or_null({**record, "methods": methods})
         path = sidecar_path(classifier.checkpoint_path)
         path.write_text(meta.to_json(), encoding="utf-8")
         print(f"verdicts of {len(results)} methods written to {path}")

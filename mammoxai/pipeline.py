@@ -35,7 +35,7 @@ from .dicom_io.results import ImageResult, MethodMap
 from .errors import MammoxaiError
 from .explainers import Explainer, Explanation, create, explainer_class, run_explainers
 from .explainers.quality import score_explanation
-from .explainers.sanity import recorded_parameters, sanity_verdicts
+from .explainers.sanity import measurement_for, recorded_parameters, sanity_verdicts
 from .models import Classifier, Geometry, load_classifier
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,11 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
     """
     explainers = []
     meta = classifier.metadata
-    verdicts = sanity_verdicts(getattr(meta, "sanity", {}))
     for name in settings.explainers.methods():
         try:
             cls = explainer_class(name)
         except ValueError as exc:
             raise SettingsError(f"explainers.enabled: {exc}") from None
-        rho, passed = verdicts.get(name, (None, True))
-        if settings.explainers.sanity == "exclude" and not passed:
-            log.warning("explainer %s not run: its map fails this checkpoint's model-randomisation check "
-                        "(Spearman %.2f >= %.2f); set explainers.sanity = 'label' to run it with a caution",
-                        name, rho, float(meta.sanity.get("threshold", 0.5)))
-            continue
         params: dict[str, Any] = {"seed": settings.explainers.seed, "batch_size": settings.explainers.batch_size,
                                   "autocast": settings.model.autocast}
         for key in ("mean", "std"):  # the checkpoint's normalisation, for methods that work in intensities
@@ -105,23 +98,34 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
             explainer = create(name, **params)
         except ValueError as exc:
             raise SettingsError(f"explainers.params.{name}: {exc}") from None
-        _warn_if_checked_otherwise(explainer, meta.sanity, settings.explainers.sanity)
+        if settings.explainers.sanity != "off":
+            verdict = _checked_verdict(explainer, meta.sanity)
+            if verdict is not None and not verdict[1] and settings.explainers.sanity == "exclude":
+                log.warning("explainer %s not run: its map fails this checkpoint's model-randomisation check "
+                            "(Spearman %.2f >= %.2f); set explainers.sanity = 'label' to run it with a caution",
+                            name, verdict[0], float(meta.sanity.get("threshold", 0.5)))
+                continue
         explainers.append(explainer)
     return explainers
 
 
-def _warn_if_checked_otherwise(explainer: Explainer, record: dict[str, Any], policy: str) -> None:
-    """A verdict holds for the parameters it was measured with: say so when the configured ones differ."""
-    entry = record.get("methods", {}).get(explainer.name) if record else None
-    measured = entry.get("parameters") if isinstance(entry, dict) else None
-    if policy == "off" or measured is None:
-        return
+def _checked_verdict(explainer: Explainer, record: dict[str, Any]) -> tuple[float, bool] | None:
+    """The record's ``(spearman, passed)`` for ``explainer`` as configured, None if it has none.
+
+    A verdict holds for the parameters it was measured with: the one taken with these parameters
+    is used where the record has it; otherwise the method's first one, with a warning.
+    """
     configured = recorded_parameters(explainer)
-    differ = sorted(k for k in set(configured) | set(measured) if configured.get(k) != measured.get(k))
-    if differ:
+    entry, exact = measurement_for(record, explainer.name, configured)
+    if entry is None:
+        return None
+    measured = entry.get("parameters")
+    if not exact and isinstance(measured, dict):
+        differ = sorted(k for k in set(configured) | set(measured) if configured.get(k) != measured.get(k))
         log.warning("explainer %s: the checkpoint's randomisation verdict was measured with other parameters "
                     "(%s); run mammoxai sanity --write with these settings to re-check it",
                     explainer.name, ", ".join(f"{k} {measured.get(k)!r} -> {configured.get(k)!r}" for k in differ))
+    return sanity_verdicts(record, {explainer.name: configured}).get(explainer.name)
 
 
 def _robustness_scores(explanation: Explanation, index: int) -> dict[str, float]:
@@ -155,7 +159,8 @@ class Pipeline:
         self.positive_index = list(meta.class_names).index(settings.model.positive_class)
         self.explainers = build_explainers(settings, self.classifier)
         self.algorithm = self.classifier.algorithm_info()
-        self.sanity = {} if settings.explainers.sanity == "off" else sanity_verdicts(meta.sanity)
+        self.sanity = {} if settings.explainers.sanity == "off" else sanity_verdicts(
+            meta.sanity, {e.name: recorded_parameters(e) for e in self.explainers})
 
     @property
     def gpu_present(self) -> bool:

@@ -40,7 +40,8 @@ from .base import Explainer, run_explainers
 from .quality import spearman
 
 __all__ = ["SANITY_THRESHOLD", "SanityResult", "top_modules", "randomise_modules", "model_randomisation_check",
-           "recorded_parameters", "finite_or_null", "sanity_record", "sanity_verdicts"]
+           "recorded_parameters", "finite_or_null", "sanity_record", "sanity_verdicts", "measurement_for",
+           "merge_measurement"]
 
 #: Adebayo et al.'s criterion as the issue states it: the map changes, rank correlation < 0.5.
 SANITY_THRESHOLD = 0.5
@@ -217,12 +218,68 @@ def sanity_record(results: Mapping[str, SanityResult], explainers: Sequence[Expl
     }
 
 
-def sanity_verdicts(record: Mapping[str, Any] | None) -> dict[str, tuple[float, bool]]:
-    """``{method: (spearman, passed)}`` from a metadata record (methods with an error are left out)."""
+def _measurements(entry: Any) -> list[Mapping[str, Any]]:
+    """A method's record entry and its ``variants`` (the same method measured with other parameters)."""
+    if not isinstance(entry, Mapping):
+        return []
+    variants = entry.get("variants", [])
+    return [entry, *(v for v in variants if isinstance(v, Mapping))] if isinstance(variants, list) else [entry]
+
+
+def measurement_for(record: Mapping[str, Any] | None, method: str,
+                    parameters: Mapping[str, Any] | None = None) -> tuple[Mapping[str, Any] | None, bool]:
+    """The measurement of ``method`` taken with ``parameters`` (see :func:`recorded_parameters`), and True;
+    with no such measurement (or ``parameters`` None), the method's first entry and False; ``(None, False)``
+    when the record has no entry for it.
+
+    A verdict holds for the parameters it was measured with: ``parameters`` picks among the entry
+    and its ``variants``, which ``mammoxai sanity --write`` adds when run with other settings.
+    """
+    entries = _measurements(dict(record.get("methods", {})).get(method)) if record else []
+    if not entries:
+        return None, False
+    if parameters is not None:
+        for entry in entries:
+            if entry.get("parameters") == dict(parameters):
+                return entry, True
+    return entries[0], False
+
+
+def merge_measurement(existing: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """``existing`` (a method's record entry, or None) with the measurement ``new`` added: it replaces the
+    measurement taken with the same parameters, else joins the ``variants``; the first entry stays first."""
+    if not existing:
+        return {k: v for k, v in new.items() if k != "variants"}
+    entries = [{k: v for k, v in e.items() if k != "variants"} for e in _measurements(existing)]
+    fresh = {k: v for k, v in new.items() if k != "variants"}
+    same = [i for i, e in enumerate(entries) if e.get("parameters") == fresh.get("parameters")]
+    if same:
+        entries[same[0]] = fresh
+    else:
+        entries.append(fresh)
+    head, rest = entries[0], entries[1:]
+    return {**head, "variants": rest} if rest else head
+
+
+def _verdict(entry: Mapping[str, Any] | None) -> tuple[float, bool] | None:
+    if entry is None or entry.get("spearman") is None or "passed" not in entry:
+        return None   # an error, or a map that was constant: no verdict
+    return float(entry["spearman"]), bool(entry["passed"])
+
+
+def sanity_verdicts(record: Mapping[str, Any] | None,
+                    parameters: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, tuple[float, bool]]:
+    """``{method: (spearman, passed)}`` from a metadata record (methods with an error are left out).
+
+    ``parameters`` (``{method: recorded_parameters(explainer)}``) picks, per method, the measurement
+    taken with those parameters where there is one (:func:`measurement_for`).
+    """
     if not record:
         return {}
     out: dict[str, tuple[float, bool]] = {}
-    for name, entry in dict(record.get("methods", {})).items():
-        if isinstance(entry, Mapping) and entry.get("spearman") is not None and "passed" in entry:
-            out[str(name)] = (float(entry["spearman"]), bool(entry["passed"]))
+    for name in dict(record.get("methods", {})):
+        entry, _ = measurement_for(record, str(name), (parameters or {}).get(str(name)))
+        verdict = _verdict(entry)
+        if verdict is not None:
+            out[str(name)] = verdict
     return out

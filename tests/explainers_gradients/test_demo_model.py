@@ -107,6 +107,34 @@ def test_model_randomisation_check_reproduces_the_shipped_record():
     assert {n for n, (_, ok) in verdicts.items() if not ok} == FAILS_ON_DEMO_CNN | {"scorecam", "wasserstein"}
 
 
+def test_full_profile_measurements_in_the_shipped_record_hold():
+    """The record keeps a second measurement per method for the ``full`` profile's sample counts, which the
+    node picks when so configured; the gradient ones are recomputed here (the perturbation ones are too slow)."""
+    from mammoxai.config import load_settings
+    from mammoxai.evaluate import phantom_samples
+    from mammoxai.explainers.sanity import measurement_for, model_randomisation_check, recorded_parameters
+    from mammoxai.models import load_classifier
+    from mammoxai.pipeline import build_explainers
+
+    clf = load_classifier("demo-cnn", device="cpu")
+    settings = load_settings(None)
+    settings.explainers.profile = "full"
+    for name in ("integrated_gradients", "smoothgrad", "occlusion", "rise", "lime", "kernel_shap"):
+        settings.explainers.enabled = [name]
+        (explainer,) = build_explainers(settings, clf)
+        entry, exact = measurement_for(clf.metadata.sanity, name, recorded_parameters(explainer))
+        assert exact and entry is not clf.metadata.sanity["methods"][name] and entry["passed"], name
+    settings.explainers.enabled = ["integrated_gradients", "smoothgrad"]
+    explainers = build_explainers(settings, clf)
+    batch = torch.cat([s.tensor for s in phantom_samples(clf, 4)])
+    target = clf.predict_proba(batch).argmax(dim=1)
+    results = model_randomisation_check(clf.module, explainers, batch, target, seeds=(0, 1))
+    for explainer in explainers:
+        entry, _ = measurement_for(clf.metadata.sanity, explainer.name, recorded_parameters(explainer))
+        assert results[explainer.name].spearman == pytest.approx(entry["spearman"], abs=0.02), explainer.name
+        assert results[explainer.name].spearman_abs == pytest.approx(entry["spearman_abs"], abs=0.02), explainer.name
+
+
 def test_gradcam_points_at_the_lesion_on_correctly_classified_malignant_phantoms():
     """Issue 3's bar: Grad-CAM's peak inside the lesion mask for >= 80 % of correctly classified malignant
     phantoms (masses and calcification clusters), with the demo model's recommended CAM layer."""

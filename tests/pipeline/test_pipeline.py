@@ -212,3 +212,23 @@ def test_a_verdict_measured_with_other_parameters_is_flagged(fast_settings, pipe
         build_explainers(fast_settings, classifier)
     assert "gradcam: the checkpoint's randomisation verdict was measured with other parameters" in caplog.text
     assert "target_layer 'layer3' -> 'layer4'" in caplog.text and "saliency:" not in caplog.text
+
+
+def test_the_verdict_measured_with_the_configured_parameters_is_the_one_used(fast_settings, pipeline, caplog):
+    import dataclasses
+
+    layer3 = {"spearman": 0.1, "passed": True, "parameters": {"seed": 0, "target_layer": "layer3"}}
+    layer4 = {"spearman": 0.8, "passed": False, "parameters": {"seed": 0, "target_layer": "layer4"}}
+    record = {"randomised": ["layer3", "layer4", "fc"], "threshold": 0.5,
+              "methods": {"gradcam": {**layer3, "variants": [layer4]}}}
+    classifier = dataclasses.replace(pipeline.classifier,
+                                     metadata=dataclasses.replace(pipeline.classifier.metadata, sanity=record))
+    fast_settings.explainers.enabled = ["gradcam"]
+    assert [e.name for e in build_explainers(fast_settings, classifier)] == ["gradcam"]
+    fast_settings.explainers.params = {"gradcam": {"target_layer": "layer4"}}
+    with caplog.at_level("WARNING", logger="mammoxai.pipeline"):
+        assert build_explainers(fast_settings, classifier) == []
+    assert "gradcam not run" in caplog.text and "0.80" in caplog.text
+    assert "measured with other parameters" not in caplog.text
+    fast_settings.explainers.sanity = "label"
+    assert Pipeline(fast_settings, classifier=classifier).sanity == {"gradcam": (0.8, False)}

@@ -165,6 +165,14 @@ def test_cli_sanity_write_keeps_the_verdicts_for_the_node(checkpoint, tmp_path, 
     assert cli.main(["sanity", "--phantoms", "1", "--write", "--explainers", "test_input_gradient"]) == 0
     again = json.loads(copy.with_suffix(".json").read_text())["sanity"]["methods"]
     assert set(again) == set(methods) and again["test_input_gradient"]["images"].startswith("1 phantom,")
+    assert "variants" not in again["test_input_gradient"]        # same parameters: replaced, not added
+    # other parameters: a second measurement beside the first, which the node picks when so configured
+    monkeypatch.setenv("MAMMOXAI_EXPLAINERS__PARAMS", '{"test_input_gradient": {"times_input": true}}')
+    assert cli.main(["sanity", "--phantoms", "1", "--write", "--explainers", "test_input_gradient"]) == 0
+    entry = json.loads(copy.with_suffix(".json").read_text())["sanity"]["methods"]["test_input_gradient"]
+    assert entry["parameters"]["times_input"] is False
+    assert [v["parameters"]["times_input"] for v in entry["variants"]] == [True]
+    monkeypatch.delenv("MAMMOXAI_EXPLAINERS__PARAMS")
     settings = load_settings()
     settings.explainers.enabled = ["test_input_gradient", "test_input_intensity"]
     assert [e.name for e in build_explainers(settings, load_classifier(copy, device="cpu"))] == ["test_input_gradient"]

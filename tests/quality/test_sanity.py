@@ -71,6 +71,25 @@ def test_record_round_trip(timm_model, images):
     assert sanity.sanity_verdicts({}) == {} and sanity.sanity_verdicts(None) == {}
 
 
+def test_measurements_with_other_parameters_are_kept_and_picked():
+    first = {"spearman": 0.1, "passed": True, "parameters": {"steps": 16}}
+    other = {"spearman": 0.7, "passed": False, "parameters": {"steps": 64}}
+    entry = sanity.merge_measurement(None, first)
+    assert entry == first
+    entry = sanity.merge_measurement(entry, other)
+    assert entry["parameters"] == {"steps": 16} and entry["variants"] == [other]
+    remeasured = {**other, "spearman": 0.6}
+    entry = sanity.merge_measurement(entry, remeasured)                       # same parameters: replaced
+    assert entry["variants"] == [remeasured] and entry["spearman"] == 0.1
+    record = {"methods": {"ig": entry, "broken": {"error": "no"}}}
+    assert sanity.measurement_for(record, "ig", {"steps": 64}) == (remeasured, True)
+    assert sanity.measurement_for(record, "ig", {"steps": 32})[1] is False   # unmeasured: the first, flagged
+    assert sanity.measurement_for(record, "ig", {"steps": 32})[0]["spearman"] == 0.1
+    assert sanity.measurement_for(record, "missing", {}) == (None, False)
+    assert sanity.sanity_verdicts(record) == {"ig": (0.1, True)}
+    assert sanity.sanity_verdicts(record, {"ig": {"steps": 64}}) == {"ig": (0.6, False)}
+
+
 def test_check_agrees_with_quantus_mprt(timm_model, images):
     """Quantus 0.6 MPRT (cascading, top down, abs, Spearman) at the step where layer3 is fully re-initialised
     equals our check with layer3, layer4 and fc re-initialised: same weights (same seeding), same score."""
