@@ -158,6 +158,12 @@ class Pipeline:
                                 f"{list(meta.class_names)}")
         self.positive_index = list(meta.class_names).index(settings.model.positive_class)
         self.explainers = build_explainers(settings, self.classifier)
+        if isinstance(settings.explainers.sensitivity_methods, list):
+            for name in settings.explainers.sensitivity_methods:
+                try:
+                    explainer_class(name)
+                except ValueError as exc:
+                    raise SettingsError(f"explainers.sensitivity_methods: {exc}") from None
         self.algorithm = self.classifier.algorithm_info()
         self.sanity = {} if settings.explainers.sanity == "off" else sanity_verdicts(
             meta.sanity, {e.name: recorded_parameters(e) for e in self.explainers})
@@ -248,11 +254,25 @@ class Pipeline:
                 failures={name: failure.reason for name, failure in run.failures.items()},
             )
 
+    def _gets_sensitivity(self, explainer: Explainer) -> bool:
+        """Whether ``explainer``'s maps get max-sensitivity (``explainers.sensitivity_methods``).
+
+        "auto" leaves out the perturbation family on a CPU: each of its re-runs costs as much as
+        the map (hundreds to thousands of forward passes), which in the ``full`` profile made
+        max-sensitivity two thirds of a mammogram's latency.
+        """
+        wanted = self.settings.explainers.sensitivity_methods
+        if wanted == "all":
+            return True
+        if wanted == "auto":
+            return self.gpu_present or explainer.family != "perturbation"
+        return explainer.name in wanted
+
     def _score(self, batch: torch.Tensor, explanations: dict[str, Explanation]) -> dict[str, list[dict[str, float]]]:
         if not self.settings.explainers.quality:
             return {}
         options = self.settings.explainers
-        by_name = {e.name: e for e in self.explainers}
+        by_name = {e.name: e for e in self.explainers if self._gets_sensitivity(e)}
         scores: dict[str, list[dict[str, float]]] = {}
         for name, explanation in explanations.items():
             try:

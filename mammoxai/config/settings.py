@@ -168,6 +168,11 @@ class ExplainerSettings(_Section):
     quality_baseline: Literal["blur", "mean", "zero"] = "blur"
     sensitivity_samples: int = Field(
         default=2, ge=0, description="noisy re-runs per map for max-sensitivity; 0 disables it")
+    sensitivity_methods: list[str] | Literal["auto", "all"] = Field(
+        default="auto",
+        description="methods whose maps get max-sensitivity: 'auto' = every method on a GPU, all but the "
+                    "perturbation family (occlusion, RISE, LIME, Kernel SHAP; each re-run costs as much as the "
+                    "map) on a CPU")
     sanity: Literal["exclude", "label", "off"] = Field(
         default="exclude",
         description="methods whose map fails the checkpoint's model-randomisation check (mammoxai sanity --write): "

@@ -232,3 +232,32 @@ def test_the_verdict_measured_with_the_configured_parameters_is_the_one_used(fas
     assert "measured with other parameters" not in caplog.text
     fast_settings.explainers.sanity = "label"
     assert Pipeline(fast_settings, classifier=classifier).sanity == {"gradcam": (0.8, False)}
+
+
+@pytest.mark.parametrize("wanted, measured", [("auto", {"saliency"}), ("all", {"saliency", "occlusion"}),
+                                              (["occlusion"], {"occlusion"})])
+def test_max_sensitivity_skips_the_perturbation_family_on_cpu_by_default(wanted, measured, fast_settings, pipeline,
+                                                                          phantom_files):
+    fast_settings.explainers.enabled = ["saliency", "occlusion"]
+    fast_settings.explainers.sensitivity_methods = wanted
+    fast_settings.explainers.quality = True
+    fast_settings.explainers.sanity = "off"
+    (item,) = Pipeline(fast_settings, classifier=pipeline.classifier).process([phantom_files["lcc"]])
+    assert item.status == "done", item.reason
+    got = {m.method for m in item.result.maps if m.quality.get("max_sensitivity") is not None}
+    assert got == measured
+    assert all("faithfulness" in m.quality for m in item.result.maps)       # the other scores stay
+
+
+def test_unknown_sensitivity_method_is_a_settings_error(fast_settings, pipeline):
+    fast_settings.explainers.sensitivity_methods = ["gradcam", "no_such_method"]
+    with pytest.raises(SettingsError, match="explainers.sensitivity_methods: .*no_such_method"):
+        Pipeline(fast_settings, classifier=pipeline.classifier)
+
+
+def test_max_sensitivity_auto_measures_every_method_on_a_gpu(fast_settings, pipeline, monkeypatch):
+    fast_settings.explainers.enabled = ["saliency", "occlusion"]
+    node = Pipeline(fast_settings, classifier=pipeline.classifier)
+    assert [node._gets_sensitivity(e) for e in node.explainers] == [True, False]
+    monkeypatch.setattr(Pipeline, "gpu_present", property(lambda self: True))
+    assert [node._gets_sensitivity(e) for e in node.explainers] == [True, True]
