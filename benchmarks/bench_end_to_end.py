@@ -487,6 +487,13 @@ def stage_order(keys: list[str]) -> list[str]:
     return head + mid + [k for k in (*TAIL_STAGES, "other", "total") if k in keys]
 
 
+def ran_methods(result: dict[str, Any]) -> list[str]:
+    """The explainers the node ran (its per-job ``explain.X`` stages), in the profile's order: the profile's
+    list less those the sanity policy left out (``explainers.sanity``) or that do not apply to the model."""
+    seen = {k.split(".", 1)[1] for x in result["images"] for k in (x.get("stages_s") or {}) if k.startswith("explain.")}
+    return [m for m in result["methods"] if m in seen] + sorted(seen - set(result["methods"]))
+
+
 def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
     m = results[0]["machine"]
     lines = [
@@ -518,7 +525,7 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
                      f"{cbis[0]['transfer_syntax']})") if cbis else "—"
         warm_text = f"{warm[0]['end_to_end_s']:.2f}" if warm else "—"
         lines.append(
-            f"| {r['profile']} | {len(r['methods'])} | {s['n']} phantoms {r['phantom_shape'][0]}×"
+            f"| {r['profile']} | {len(ran_methods(r))} | {s['n']} phantoms {r['phantom_shape'][0]}×"
             f"{r['phantom_shape'][1]} | {s['median_s']:.2f} | {s['p95_s']:.2f} | {s['min_s']:.2f} | "
             f"{s['max_s']:.2f} | {s['median_node_total_s']:.2f} | {'/'.join(map(str, outputs))} | {cbis_text} | "
             f"{warm_text} |")
@@ -545,7 +552,9 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
         if warns:
             lines += ["Warnings logged by the node: " + "; ".join(f"`{w}`" for w in warns[:8]), ""]
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
-        lines += [f"Profile `{r['profile']}` ({r['date_utc']} UTC): {', '.join(r['methods'])}"
+        skipped = [m for m in r["methods"] if m not in ran_methods(r)]
+        lines += [f"Profile `{r['profile']}` ({r['date_utc']} UTC): ran {', '.join(ran_methods(r))}"
+                  + (f" (not run, left out by the node: {', '.join(skipped)})" if skipped else "")
                   + (f"; parameters: {params}" if params else "")
                   + f"; quality scores {'on' if r.get('quality_scores', True) else 'off'}; "
                   + ("one uncounted warm-up image first" if any(x["kind"] == "warm-up" for x in r["images"])

@@ -100,3 +100,13 @@ def test_lrp_cache_benchmark_runs_and_reports_both_paths():
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["cached_ms"] > 0 and report["canonised_each_call_ms"] > 0 and report["device"] == "cpu"
+
+
+def test_end_to_end_report_counts_the_methods_the_node_ran():
+    spec = importlib.util.spec_from_file_location("bench_end_to_end", ROOT / "benchmarks" / "bench_end_to_end.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    result = {"methods": ["saliency", "guided_backprop", "gradcam"],
+              "images": [{"stages_s": {"read": 0.1, "explain.gradcam": 0.2, "explain.saliency": 0.1}},
+                         {"stages_s": None}]}
+    assert e2e.ran_methods(result) == ["saliency", "gradcam"]       # guided_backprop: left out by the node
