@@ -552,8 +552,9 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
         if warns:
             lines += ["Warnings logged by the node: " + "; ".join(f"`{w}`" for w in warns[:8]), ""]
         params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
-        skipped = [m for m in r["methods"] if m not in ran_methods(r)]
-        lines += [f"Profile `{r['profile']}` ({r['date_utc']} UTC): ran {', '.join(ran_methods(r))}"
+        ran = ran_methods(r)
+        skipped = [m for m in r["methods"] if m not in ran]
+        lines += [f"Profile `{r['profile']}` ({r['date_utc']} UTC): ran {', '.join(ran)}"
                   + (f" (not run, left out by the node: {', '.join(skipped)})" if skipped else "")
                   + (f"; parameters: {params}" if params else "")
                   + f"; quality scores {'on' if r.get('quality_scores', True) else 'off'}; "

@@ -35,7 +35,7 @@ from .dicom_io.results import ImageResult, MethodMap
 from .errors import MammoxaiError
 from .explainers import Explainer, Explanation, create, explainer_class, run_explainers
 from .explainers.quality import score_explanation
-from .explainers.sanity import measurement_for, recorded_parameters, sanity_verdicts
+from .explainers.sanity import entry_verdict, measurement_for, recorded_parameters, sanity_verdicts
 from .models import Classifier, Geometry, load_classifier
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _checked_verdict(explainer: Explainer, record: dict[str, Any]) -> tuple[floa
         log.warning("explainer %s: the checkpoint's randomisation verdict was measured with other parameters "
                     "(%s); run mammoxai sanity --write with these settings to re-check it",
                     explainer.name, ", ".join(f"{k} {measured.get(k)!r} -> {configured.get(k)!r}" for k in differ))
-    return sanity_verdicts(record, {explainer.name: configured}).get(explainer.name)
+    return entry_verdict(entry)
 
 
 def _robustness_scores(explanation: Explanation, index: int) -> dict[str, float]:

@@ -41,7 +41,7 @@ from .quality import spearman
 
 __all__ = ["SANITY_THRESHOLD", "SanityResult", "top_modules", "randomise_modules", "model_randomisation_check",
            "recorded_parameters", "finite_or_null", "sanity_record", "sanity_verdicts", "measurement_for",
-           "merge_measurement"]
+           "merge_measurement", "entry_verdict"]
 
 #: Adebayo et al.'s criterion as the issue states it: the map changes, rank correlation < 0.5.
 SANITY_THRESHOLD = 0.5
@@ -226,6 +226,15 @@ def _measurements(entry: Any) -> list[Mapping[str, Any]]:
     return [entry, *(v for v in variants if isinstance(v, Mapping))] if isinstance(variants, list) else [entry]
 
 
+def _pick(entries: list[Mapping[str, Any]], parameters: Mapping[str, Any] | None
+          ) -> tuple[Mapping[str, Any] | None, bool]:
+    if parameters is not None:
+        for entry in entries:
+            if entry.get("parameters") == dict(parameters):
+                return entry, True
+    return (entries[0] if entries else None), False
+
+
 def measurement_for(record: Mapping[str, Any] | None, method: str,
                     parameters: Mapping[str, Any] | None = None) -> tuple[Mapping[str, Any] | None, bool]:
     """The measurement of ``method`` taken with ``parameters`` (see :func:`recorded_parameters`), and True;
@@ -235,23 +244,17 @@ def measurement_for(record: Mapping[str, Any] | None, method: str,
     A verdict holds for the parameters it was measured with: ``parameters`` picks among the entry
     and its ``variants``, which ``mammoxai sanity --write`` adds when run with other settings.
     """
-    entries = _measurements(dict(record.get("methods", {})).get(method)) if record else []
-    if not entries:
-        return None, False
-    if parameters is not None:
-        for entry in entries:
-            if entry.get("parameters") == dict(parameters):
-                return entry, True
-    return entries[0], False
+    return _pick(_measurements(dict(record.get("methods", {})).get(method)) if record else [], parameters)
 
 
 def merge_measurement(existing: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """``existing`` (a method's record entry, or None) with the measurement ``new`` added: it replaces the
     measurement taken with the same parameters, else joins the ``variants``; the first entry stays first."""
-    if not existing:
-        return {k: v for k, v in new.items() if k != "variants"}
-    entries = [{k: v for k, v in e.items() if k != "variants"} for e in _measurements(existing)]
-    fresh = {k: v for k, v in new.items() if k != "variants"}
+    def alone(entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in entry.items() if k != "variants"}
+
+    entries = [alone(e) for e in _measurements(existing)]
+    fresh = alone(new)
     same = [i for i, e in enumerate(entries) if e.get("parameters") == fresh.get("parameters")]
     if same:
         entries[same[0]] = fresh
@@ -261,9 +264,10 @@ def merge_measurement(existing: Mapping[str, Any] | None, new: Mapping[str, Any]
     return {**head, "variants": rest} if rest else head
 
 
-def _verdict(entry: Mapping[str, Any] | None) -> tuple[float, bool] | None:
+def entry_verdict(entry: Mapping[str, Any] | None) -> tuple[float, bool] | None:
+    """``(spearman, passed)`` of one measurement; None for an error, or a map that was constant."""
     if entry is None or entry.get("spearman") is None or "passed" not in entry:
-        return None   # an error, or a map that was constant: no verdict
+        return None
     return float(entry["spearman"]), bool(entry["passed"])
 
 
@@ -277,9 +281,8 @@ def sanity_verdicts(record: Mapping[str, Any] | None,
     if not record:
         return {}
     out: dict[str, tuple[float, bool]] = {}
-    for name in dict(record.get("methods", {})):
-        entry, _ = measurement_for(record, str(name), (parameters or {}).get(str(name)))
-        verdict = _verdict(entry)
+    for name, entry in dict(record.get("methods", {})).items():
+        verdict = entry_verdict(_pick(_measurements(entry), (parameters or {}).get(str(name)))[0])
         if verdict is not None:
             out[str(name)] = verdict
     return out

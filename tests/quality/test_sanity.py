@@ -88,6 +88,8 @@ def test_measurements_with_other_parameters_are_kept_and_picked():
     assert sanity.measurement_for(record, "missing", {}) == (None, False)
     assert sanity.sanity_verdicts(record) == {"ig": (0.1, True)}
     assert sanity.sanity_verdicts(record, {"ig": {"steps": 64}}) == {"ig": (0.6, False)}
+    assert sanity.entry_verdict(remeasured) == (0.6, False) and sanity.entry_verdict({"error": "no"}) is None
+    assert sanity.entry_verdict(None) is None
 
 
 def test_check_agrees_with_quantus_mprt(timm_model, images):
