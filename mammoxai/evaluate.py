@@ -1,29 +1,18 @@
-"""``mammoxai evaluate | sanity | bench``: measure the explainers, not one patient.
+"""Measuring the explainers, not one patient: samples with ground truth, scores, summaries, tables, plots.
 
-* ``evaluate`` runs every configured explainer on N phantoms (ground-truth
-  lesion masks) and, with ``--cbis-root``, on a CBIS-DDSM folder (ROI masks),
-  computes :mod:`mammoxai.explainers.quality` scores per map and writes
-  ``scores.csv`` (one row per method and image), ``summary.csv`` /
-  ``summary.md`` (per method: mean ± sd of each score, seconds per image) and
-  ``summary.png`` (the same as bars). Methods are also listed in order of
-  trustworthiness (see :func:`trust_order`).
-* ``sanity`` runs the model-parameter-randomisation check (the upper half of the
-  network re-initialised, :mod:`mammoxai.explainers.sanity`) for every
-  configured explainer on a few phantoms; ``--write`` keeps the verdicts in the
-  checkpoint's metadata for the node.
-* ``bench`` runs ``benchmarks/bench_NAME.py`` with the remaining arguments.
+:func:`evaluate_samples` runs every explainer on phantoms (ground-truth lesion
+masks) or a CBIS-DDSM folder (ROI masks, :func:`cbis_samples`) and computes
+:mod:`mammoxai.explainers.quality` scores per map; :func:`summarise_rows`,
+:func:`markdown_table`, :func:`plot_summary` and :func:`trust_order` turn the
+rows into per-method summaries. The ``evaluate`` and ``sanity`` commands
+(:mod:`mammoxai.commands`) drive them.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import json
 import logging
 import math
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -171,12 +160,6 @@ def cbis_samples(classifier: Any, root: Path, limit: int) -> list[Sample]:
     if not samples:
         raise EvaluateError(f"{root}: none of the images named in the CSV files was found")
     return samples
-
-
-def _targets(settings: Any, classifier: Any, batch: torch.Tensor) -> torch.Tensor:
-    if settings.explainers.target == "positive":
-        return torch.full((batch.shape[0],), classifier.positive_index, dtype=torch.long)
-    return classifier.predict_proba(batch).argmax(dim=1)
 
 
 def evaluate_samples(classifier: Any, explainers: Sequence[Explainer], samples: Sequence[Sample], *,
@@ -348,120 +331,3 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _load(settings: Any, names: str | None) -> tuple[Any, list[Explainer], Any]:
-    from .models import load_classifier
-    from .pipeline import build_explainers
-
-    settings = copy.deepcopy(settings)
-    if names:
-        settings.explainers.enabled = [n.strip() for n in names.split(",") if n.strip()]
-    settings.explainers.sanity = "off"   # measuring commands run every method asked for
-    classifier = load_classifier(settings.model.checkpoint, device=settings.model.device,
-                                 architecture=settings.model.architecture)
-    return classifier, build_explainers(settings, classifier), settings
-
-
-def main_evaluate(args: Any, settings: Any) -> int:
-    """``mammoxai evaluate``: score every configured explainer on phantoms (and CBIS-DDSM); write tables + plot."""
-    if args.phantoms < 0:
-        raise EvaluateError(f"--phantoms must be >= 0, got {args.phantoms}")
-    classifier, explainers, settings = _load(settings, args.explainers)
-    samples = phantom_samples(classifier, args.phantoms)
-    if args.cbis_root is not None:
-        samples += cbis_samples(classifier, Path(args.cbis_root), max(args.phantoms, 1))
-    if not samples:
-        raise EvaluateError("nothing to evaluate: --phantoms 0 and no --cbis-root")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    rows, failures = evaluate_samples(classifier, explainers, samples, target_mode=settings.explainers.target,
-                                      batch_images=settings.node.batch_images,
-                                      batch_size=settings.explainers.batch_size)
-    summary = summarise_rows(rows)
-    write_csv(rows, out / "scores.csv")
-    write_csv(summary, out / "summary.csv")
-    header = (f"# Explanation quality: {classifier.metadata.architecture} "
-              f"({classifier.checkpoint_path.name}, sha256 {classifier.checkpoint_sha256[:12]}), "
-              f"device {classifier.device}, target = {settings.explainers.target} class\n\n")
-    (out / "summary.md").write_text(header + markdown_table(summary, failures))
-    if summary:
-        plot_summary(summary, out / "summary.png")
-    (out / "failures.json").write_text(json.dumps(failures, indent=2))
-    print(markdown_table(summary, failures))
-    print(f"{len(samples)} images × {len(explainers)} methods in {time.perf_counter() - start:.1f} s; "
-          f"tables and plot in {out}")
-    return 0 if summary else 1
-
-
-def main_sanity(args: Any, settings: Any) -> int:
-    """``mammoxai sanity``: the model-randomisation check of each explainer on phantoms; ``--write`` stores
-    the verdicts in the checkpoint's metadata, where the node reads them (``explainers.sanity``)."""
-    from .explainers import available
-    from .explainers.sanity import (finite_or_null, merge_measurement, model_randomisation_check, sanity_record,
-                                    top_modules)
-    from .models.classifier import sidecar_path
-
-    if args.phantoms < 1:
-        raise EvaluateError(f"--phantoms must be >= 1, got {args.phantoms}")
-    if args.seeds < 1:
-        raise EvaluateError(f"--seeds must be >= 1, got {args.seeds}")
-    names = ",".join(available()) if args.explainers == "all" else args.explainers
-    classifier, explainers, settings = _load(settings, names)
-    samples = phantom_samples(classifier, args.phantoms)
-    batch = torch.cat([s.tensor for s in samples]).to(classifier.device)
-    target = _targets(settings, classifier, batch)
-    modules = ([m.strip() for m in args.randomise.split(",") if m.strip()] if args.randomise
-               else top_modules(classifier.module))
-    seeds = list(range(args.seeds))
-    try:
-        results = model_randomisation_check(classifier.module, explainers, batch, target, modules=modules,
-                                            seeds=seeds)
-    except KeyError as exc:
-        raise EvaluateError(f"--randomise: {exc.args[0]}") from None
-    print(f"Randomised: {', '.join(modules)}; {len(samples)} phantoms x {len(seeds)} seeds\n")
-    print("| method | map | Spearman ρ as displayed | range over images | ρ of abs(map) | verdict |\n"
-          "|---|---|---|---|---|---|")
-    for name, result in results.items():
-        if result.error:
-            print(f"| {name} | – | – | – | – | error: {result.error} |")
-            continue
-        finite = [v for v in result.per_image if math.isfinite(v)] or [math.nan]
-        lo, hi = min(finite), max(finite)
-        verdict = "passes (depends on the model)" if result.passed else "FAILS (map survives randomisation)"
-        print(f"| {name} | {'signed' if result.signed else 'unsigned'} | {result.spearman:.3f} | "
-              f"{lo:.2f} – {hi:.2f} | {result.spearman_abs:.3f} | {verdict} |")
-    print("\nAdebayo et al. 2018, Quantus MPRT seeding: pass when the mean ρ of the map as displayed < 0.5.")
-    if args.write:
-        record = sanity_record(results, explainers, modules=modules, seeds=seeds,
-                               images=f"{len(samples)} phantom{'s' if len(samples) != 1 else ''}, "
-                                      f"seeds {EVAL_SEED}..{EVAL_SEED + len(samples) - 1}")
-        meta = classifier.metadata
-        if meta.sanity and (meta.sanity.get("randomised") != modules
-                            or meta.sanity.get("threshold") != record["threshold"]):
-            meta.sanity = {}   # another protocol: earlier verdicts are not comparable, start afresh
-        methods = dict(meta.sanity.get("methods", {}))
-        for name, entry in record["methods"].items():
-            methods[name] = merge_measurement(methods.get(name), entry)
-        meta.sanity = finite_or_null({**record, "methods": methods})
-        path = sidecar_path(classifier.checkpoint_path)
-        path.write_text(meta.to_json(), encoding="utf-8")
-        print(f"verdicts of {len(results)} methods written to {path}")
-    errors = sum(1 for r in results.values() if r.error)
-    return 1 if explainers and errors == len(explainers) else 0
-
-
-def benchmarks_dir() -> Path:
-    """The repository's ``benchmarks/`` folder."""
-    return Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def main_bench(args: Any, settings: Any) -> int:
-    """``mammoxai bench NAME [ARGS...]``: run ``benchmarks/bench_NAME.py ARGS...`` with this Python."""
-    script = benchmarks_dir() / f"bench_{args.name}.py"
-    if not script.is_file():
-        known = sorted(p.stem.removeprefix("bench_") for p in benchmarks_dir().glob("bench_*.py"))
-        raise EvaluateError(f"{script}: no such benchmark (known: {', '.join(known) or 'none'})")
-    rest = [a for a in args.rest if a != "--"]
-    return subprocess.call([sys.executable, str(script), *rest])

@@ -31,12 +31,15 @@ from .dicom_io import (
     write_results,
     write_study_summary,
 )
-from .dicom_io.results import ImageResult, MethodMap
+from .dicom_io.limits import DecodeLimits
+from .dicom_io.results import DomainCheck, ImageResult, MethodMap
 from .errors import MammoxaiError
-from .explainers import Explainer, Explanation, create, explainer_class, run_explainers
-from .explainers.quality import score_explanation
+from .explainers import Explainer, Explanation, create, explainer_class, method_record, run_explainers
+from .explainers.quality import explanation_not_informative, map_figures, score_explanation
 from .explainers.sanity import entry_verdict, measurement_for, recorded_parameters, sanity_verdicts
 from .models import Classifier, Geometry, load_classifier
+from .models.domain import DomainRecord, acquisition_facts, penultimate
+from .outcome import ImageOutcome, SummaryRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,13 @@ class ProcessedImage:
     mammogram: Mammogram | None = None
     result: ImageResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    def outcome(self) -> ImageOutcome:
+        """What the node records: status, outputs, timings and, for a done image, its summary record."""
+        record = (SummaryRecord.of(self.mammogram, self.result)
+                  if self.status == "done" and self.mammogram is not None else None)
+        return ImageOutcome(path=self.path, status=self.status, reason=self.reason, outputs=list(self.outputs),
+                            timings=dict(self.timings), record=record)
 
 
 @dataclass
@@ -90,6 +100,8 @@ def build_explainers(settings: Settings, classifier: Classifier) -> list[Explain
             if key in cls.defaults:
                 values = [float(v) for v in getattr(meta, key)]
                 params[key] = values[0] if isinstance(cls.defaults[key], float) else values
+        if "stability_target" in cls.defaults:  # sampled methods: adaptive sample count
+            params["stability_target"] = settings.explainers.stability_target
         # The checkpoint may declare per-method defaults (e.g. its CAM target layer); settings override them.
         params.update({k: v for k, v in getattr(meta, "explainer_params", {}).get(name, {}).items()
                        if k in cls.defaults})
@@ -167,6 +179,7 @@ class Pipeline:
         self.algorithm = self.classifier.algorithm_info()
         self.sanity = {} if settings.explainers.sanity == "off" else sanity_verdicts(
             meta.sanity, {e.name: recorded_parameters(e) for e in self.explainers})
+        self.domain = DomainRecord.from_metadata(meta)   # None: domain not checked, probabilities not calibrated
 
     @property
     def gpu_present(self) -> bool:
@@ -178,7 +191,8 @@ class Pipeline:
         item = ProcessedImage(path=path, status="failed")
         start = time.perf_counter()
         try:
-            dataset = load_dataset(path)   # once: the header for the loop check, then the pixels
+            limits = DecodeLimits.from_settings(self.settings.node)   # node.max_pixel_data_mb / max_inflated_mb
+            dataset = load_dataset(path, limits)   # once: the header for the loop check, then the pixels
         except DicomReadError as exc:
             item.reason = str(exc)
             return item
@@ -186,7 +200,7 @@ class Pipeline:
             item.status, item.reason = "ignored", "produced by mammoxai (loop prevention)"
             return item
         try:
-            mammogram = read_mammogram(dataset)
+            mammogram = read_mammogram(dataset, limits=limits)
         except (NotAMammogramError, UnsupportedMammogramError) as exc:
             item.status, item.reason = "ignored", str(exc)
             return item
@@ -206,14 +220,17 @@ class Pipeline:
             p.tensor, p.geometry = self.classifier.preprocess(p.pixels, p.laterality)
         batch = torch.cat([p.tensor for p in prepared]).to(self.classifier.device)
         probabilities = self.classifier.predict_proba(batch).cpu()
+        calibrated, domain = self._check_domain(prepared, batch)
+        if calibrated is not None:
+            probabilities = calibrated
         predict_seconds = (time.perf_counter() - start) / len(prepared)
 
         if self.settings.explainers.target == "positive":
             target = torch.full((len(prepared),), self.positive_index, dtype=torch.long)
         else:
             target = probabilities.argmax(dim=1)
-        run = run_explainers(self.classifier.module, batch, self.explainers, target,
-                             time_budget_s=self.settings.explainers.time_budget_s)
+        run = run_explainers(self.classifier.module, batch, self.explainers, target,   # the budget is per image
+                             time_budget_s=self.settings.explainers.time_budget_s * len(prepared))
         for name, failure in run.failures.items():
             log.warning("explainer %s failed: %s", name, failure.reason)
 
@@ -226,20 +243,28 @@ class Pipeline:
             for name, explanation in run.explanations.items():
                 quality = dict(scores.get(name, [{}] * len(prepared))[i])
                 quality.update(_robustness_scores(explanation, i))
+                figures, unstable = map_figures(explanation, i)   # stability, completeness_error
+                quality.update(figures)
                 caution = ""
                 if name in self.sanity:
                     rho, passed = self.sanity[name]
                     quality["randomisation_rho"] = rho
                     caution = "" if passed else "map fails model-randomisation check"
+                caution = "; ".join(c for c in (caution, unstable) if c)
+                record = method_record(name)   # the method's one record, handed to dicom_io as data
                 maps.append(MethodMap(
                     method=name,
-                    display_name=explainer_class(name).display_name,
+                    display_name=record.display_name,
+                    code=record.code,
+                    series_slot=record.series_slot,
+                    family=record.family,
                     heatmap=p.geometry.to_original(explanation.heatmap[i].numpy()).astype(np.float32),
                     signed=explanation.signed,
                     parameters=_plain(explanation.parameters),
                     seconds=explanation.seconds / len(prepared),
                     quality=quality,
                     caution=caution,
+                    not_informative=explanation_not_informative(explanation, i),
                 ))
                 p.item.timings[f"explain.{name}"] = explanation.seconds / len(prepared)
             p.item.timings["predict"] = predict_seconds
@@ -252,7 +277,28 @@ class Pipeline:
                 maps=tuple(maps),
                 positive_class=self.settings.model.positive_class,
                 failures={name: failure.reason for name, failure in run.failures.items()},
+                domain=domain[i],
+                calibrated=calibrated is not None,
+                prediction_withheld=(self.settings.model.out_of_domain == "withhold" and domain[i] is not None
+                                     and not domain[i].in_domain),
             )
+
+    def _check_domain(self, prepared: list[_Prepared], batch: torch.Tensor
+                      ) -> tuple[torch.Tensor | None, list[DomainCheck | None]]:
+        """Calibrated probabilities (None without the checkpoint's temperature) and each image's domain check
+        against the checkpoint's record (None: no record, or ``model.out_of_domain = "off"``)."""
+        if self.domain is None:
+            return None, [None] * len(prepared)
+        features, logits = penultimate(self.classifier.module, batch)
+        calibrated = (torch.from_numpy(self.domain.probabilities(logits)).float()
+                      if self.domain.temperature else None)
+        if self.settings.model.out_of_domain == "off":
+            return calibrated, [None] * len(prepared)
+        checks: list[DomainCheck | None] = []
+        for i, p in enumerate(prepared):
+            header = p.item.mammogram.dataset if p.item.mammogram is not None else None
+            checks.append(self.domain.check(features[i], logits[i], acquisition_facts(p.pixels, header)))
+        return calibrated, checks
 
     def _gets_sensitivity(self, explainer: Explainer) -> bool:
         """Whether ``explainer``'s maps get max-sensitivity (``explainers.sensitivity_methods``).
@@ -324,128 +370,18 @@ class Pipeline:
                 p.item.timings["write"] = time.perf_counter() - start
         return items
 
-    def study_summary(self, items: list[ProcessedImage]) -> pydicom.Dataset | None:
+    def outcomes(self, paths: list[Path]) -> list[ImageOutcome]:
+        """:meth:`process`, as the node records it: one :class:`~mammoxai.outcome.ImageOutcome` per path."""
+        return [item.outcome() for item in self.process(paths)]
+
+    def study_summary(self, records: list[SummaryRecord]) -> pydicom.Dataset | None:
         """The study-level SR (per breast: highest probability across views) when the study has several views."""
-        done = [i for i in items if i.status == "done" and i.mammogram is not None and i.result is not None]
+        done = [r for r in records if r.result is not None]
         if len(done) < 2 or not self.settings.output.structured_report:
             return None
-        return write_study_summary([i.mammogram for i in done], [i.result for i in done], self.settings.output)
+        return write_study_summary([r.mammogram() for r in done], [r.result for r in done], self.settings.output)
 
 
 def _plain(parameters: dict[str, Any]) -> dict[str, Any]:
     """Parameters as JSON-friendly values (for the SR and the JSON report)."""
     return json.loads(json.dumps(parameters, default=str))
-
-
-# --- `mammoxai explain` -----------------------------------------------------------------------
-
-def _png_mammogram(path: Path, image: np.ndarray) -> Mammogram:
-    """A PNG as a Mammogram (no DICOM header) so the SC renderer can draw it."""
-    pixels = image.astype(np.float32)
-    top = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else max(float(pixels.max()), 1e-6)
-    ds = pydicom.Dataset()
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # a PNG has none; used only in error messages
-    return Mammogram(dataset=ds, pixels=np.clip(pixels / top, 0.0, 1.0), laterality=None, view=None)
-
-
-def _write_pngs(item: ProcessedImage, out: Path, stem: str, settings: Settings) -> dict[str, str]:
-    from PIL import Image
-
-    from .dicom_io.render import render_montage, render_overlay
-
-    written: dict[str, str] = {}
-    for method_map in item.result.maps:
-        page = render_overlay(item.mammogram, method_map, item.result, colormap=settings.output.colormap,
-                              max_size=settings.output.sc_max_size)
-        target = out / f"{stem}.{method_map.method}.png"
-        Image.fromarray(page).save(target)
-        written[method_map.method] = target.name
-    if len(item.result.maps) > 1:
-        target = out / f"{stem}.montage.png"
-        Image.fromarray(render_montage(item.mammogram, item.result, colormap=settings.output.colormap,
-                                       max_size=settings.output.sc_max_size)).save(target)
-        written["montage"] = target.name
-    return written
-
-
-def _report(item: ProcessedImage, pngs: dict[str, str], dicom_files: list[str]) -> dict[str, Any]:
-    result = item.result
-    return {
-        "file": str(item.path),
-        "status": item.status,
-        "reason": item.reason,
-        "prediction": None if result is None else {
-            "class": result.predicted_class,
-            "probabilities": dict(zip(result.class_names, result.probabilities)),
-            "malignancy_probability": result.malignancy_probability,
-        },
-        "model": None if result is None else {
-            "name": result.algorithm.name, "version": result.algorithm.version,
-            "architecture": result.algorithm.architecture, "checkpoint_sha256": result.algorithm.checkpoint_sha256,
-            "intended_use": result.algorithm.intended_use,
-        },
-        "explanations": [] if result is None else [
-            {"method": m.method, "display_name": m.display_name, "signed": m.signed, "seconds": m.seconds,
-             "parameters": dict(m.parameters), "quality": dict(m.quality), "caution": m.caution,
-             "png": pngs.get(m.method)}
-            for m in result.maps
-        ],
-        "failures": {} if result is None else dict(result.failures),
-        "timings": item.timings,
-        "montage_png": pngs.get("montage"),
-        "dicom": dicom_files,
-    }
-
-
-def main_explain(args: Any, settings: Settings) -> int:
-    """``mammoxai explain FILE...``: prediction, one overlay PNG per method, a JSON report per file."""
-    from .models import load_png
-
-    overrides: dict[str, Any] = {}
-    if args.explainers:
-        settings.explainers.enabled = [n.strip() for n in args.explainers.split(",") if n.strip()]
-    if args.checkpoint:
-        overrides["checkpoint"] = args.checkpoint
-    if args.device:
-        overrides["device"] = args.device
-    for key, value in overrides.items():
-        setattr(settings.model, key, value)
-    pngs_in: dict[Path, np.ndarray] = {}
-    for path in args.files:  # bad input fails before the model is loaded
-        if not path.is_file():
-            raise MammoxaiError(f"{path}: no such file")
-        if path.suffix.lower() == ".png":
-            pngs_in[path] = load_png(path)
-    pipeline = Pipeline(settings)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in args.files:
-        stem = path.stem
-        if path in pngs_in:
-            image = pngs_in[path]
-            item = pipeline.analyse_array(image, path=path)
-            item.mammogram = _png_mammogram(path, image)
-        else:
-            item = pipeline.process([path])[0]
-        pngs: dict[str, str] = {}
-        dicom_files: list[str] = []
-        if item.result is not None and item.mammogram is not None:
-            pngs = _write_pngs(item, args.out, stem, settings)
-        if args.dicom and item.outputs:
-            folder = args.out / f"{stem}.dicom"
-            folder.mkdir(exist_ok=True)
-            for ds in item.outputs:
-                target = folder / f"{ds.Modality}.{ds.SOPInstanceUID}.dcm"
-                ds.save_as(target, enforce_file_format=True)
-                dicom_files.append(str(target.relative_to(args.out)))
-        report = _report(item, pngs, dicom_files)
-        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
-        if item.status == "done":
-            r = item.result
-            print(f"{path}: {r.predicted_class} (P(malignant) = {r.malignancy_probability:.3f}); "
-                  f"{len(r.maps)} map(s) -> {args.out}/{stem}.*" +
-                  (f"; failed: {', '.join(r.failures)}" if r.failures else ""))
-        else:
-            failed += 1
-            print(f"{path}: {item.status}: {item.reason}")
-    return 1 if failed else 0

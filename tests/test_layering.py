@@ -1,4 +1,5 @@
-"""The data-flow rules of the layout: dicom_io never imports torch; explainers never import node or dicom_io."""
+"""The data-flow rules of the layout: dicom_io never imports torch; explainers never import node or dicom_io;
+only dicom_io/identity.py mints the UIDs of output objects."""
 
 import ast
 import subprocess
@@ -44,3 +45,51 @@ def test_importing_all_of_dicom_io_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# --- identity: nothing outside dicom_io/identity.py mints a UID for an output object ----------------
+
+#: Files allowed to mint UIDs, and why.
+UID_MINTERS = {
+    "dicom_io/identity.py": "the one place that decides every output UID",
+    "dicom_io/synthetic.py": "writes synthetic *source* mammograms (test and demo input), never an output",
+}
+_UUID_FUNCTIONS = {"uuid1", "uuid3", "uuid4", "uuid5"}
+
+
+def _minted_uids(path: Path) -> list[str]:
+    """Where ``path`` makes up a UID: generate_uid(), highdicom's UID() without a value, a ``2.25.`` literal
+    (hand-made UUID-derived UIDs), or a uuid's ``.int`` (a uuid's ``.hex`` for a temporary file name is fine)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name == "generate_uid" or (name == "UID" and not node.args and not node.keywords):
+                found.append(f"line {node.lineno}: {name}()")
+        elif isinstance(node, ast.Attribute) and node.attr == "int" and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")) in _UUID_FUNCTIONS:
+                found.append(f"line {node.lineno}: uuid(...).int")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("2.25."):
+            found.append(f"line {node.lineno}: literal {node.value!r}")
+    return found
+
+
+def test_only_identity_mints_uids():
+    offending = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative not in UID_MINTERS:
+            found = _minted_uids(path)
+            if found:
+                offending[relative] = found
+    assert not offending, f"UIDs minted outside dicom_io/identity.py: {offending}"
+
+
+def test_the_uid_check_sees_the_ways_to_mint(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import uuid, highdicom as hd\nfrom pydicom.uid import generate_uid, UID\n"
+                      "a = hd.UID()\nb = generate_uid()\nc = f'2.25.{uuid.uuid4().int}'\nd = uuid.uuid4().int\n"
+                      "ok1 = UID('1.2.3')\nok2 = uuid.uuid4().hex\n")
+    assert sorted(int(f.split(":")[0][5:]) for f in _minted_uids(sample)) == [3, 4, 5, 5, 6]   # none on 7, 8
+    assert all((PACKAGE / name).is_file() for name in UID_MINTERS)

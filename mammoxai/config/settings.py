@@ -61,11 +61,31 @@ class NodeSettings(_Section):
     spool_dir: Path = Path("mammoxai-spool")
     max_associations: int = Field(default=8, ge=1, le=256)
     max_pdu_size: int = Field(default=16382, ge=0, description="0: unlimited")
-    max_dataset_mb: float = Field(default=512.0, gt=0)
-    disk_free_watermark_mb: float = Field(default=1024.0, ge=0, description="refuse C-STORE (A700) below this")
-    study_quiet_seconds: float = Field(default=30.0, ge=0)
-    workers: int = Field(default=1, ge=1, le=64)
-    max_process_attempts: int = Field(default=3, ge=1, description="pipeline errors before a job is 'failed'")
+    max_dataset_mb: float = Field(default=512.0, gt=0, description="larger C-STOREs are refused (A700) while "
+                                  "they arrive; the received part is discarded")
+    max_pixel_data_mb: float = Field(
+        default=128.0, gt=0, description="decoded image cap, Rows x Columns x Samples x Bits Allocated/8 x Frames "
+        "(the largest real MG, 5928 x 4728 x 16 bit, is 54 MiB); checked on the header, by the SCP (A700) and again "
+        "before any pixel decode")
+    max_inflated_mb: float = Field(default=512.0, gt=0, description="Deflated Explicit VR Little Endian: inflated "
+                                   "data set cap, inflated in bounded chunks (A700 beyond it)")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="a new connection's TLS handshake and "
+                                     "A-ASSOCIATE-RQ must arrive within this, else it is closed")
+    max_connections_per_peer: int = Field(default=8, ge=1, description="open connections from one source address "
+                                          "(associated or not); more are closed at accept")
+    check_called_ae: bool = Field(default=True, description="reject associations whose called AE title is not "
+                                  "node.ae_title; false: any called AE title")
+    job_budget_s: float = Field(default=3600.0, gt=0, description="/healthz is degraded while a job runs longer")
+    destination_alert_s: float = Field(default=600.0, gt=0, description="/healthz is degraded once the "
+                                       "destination has failed for longer than this")
+    disk_free_watermark_mb: float = Field(default=1024.0, ge=0, description="refuse C-STORE (A700) and claim "
+                                          "no new work below this")
+    study_quiet_seconds: float = Field(default=30.0, ge=0, description="a study's summary SR is made once it "
+                                       "has received nothing for this long (whatever else is queued)")
+    workers: int = Field(default=1, ge=1, le=64, description="jobs processed in parallel, each worker with its "
+                         "own model copy and explainers (on a GPU: one model copy per worker in GPU memory)")
+    max_process_attempts: int = Field(default=3, ge=1, description="claims (pipeline errors or the process dying "
+                                      "while running it) before a job is 'failed'")
     batch_images: int = Field(default=4, ge=1, description="images a worker batches when several are waiting")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=0, le=65535, description="/healthz and /metrics; 0 disables")
@@ -122,6 +142,9 @@ class ModelSettings(_Section):
     positive_class: str = "malignant"
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'")
     autocast: Literal["off", "fp16", "bf16"] = Field(default="off", description="CUDA only")
+    out_of_domain: Literal["label", "withhold", "off"] = Field(
+        default="label", description="an image outside the checkpoint's domain record: 'label' shows the "
+        "prediction with a caution, 'withhold' does not show it, 'off' does not check (domain not checked)")
 
     @field_validator("device")
     @classmethod
@@ -163,6 +186,11 @@ class ExplainerSettings(_Section):
     target: Literal["predicted", "positive"] = Field(
         default="predicted", description="explain the predicted class, or always the positive (malignant) class")
     time_budget_s: float = Field(default=300.0, gt=0, description="per explainer, per image")
+    stability_target: float = Field(
+        default=0.95, ge=0, lt=1,
+        description="sampled methods (SmoothGrad family, RISE, LIME, Kernel SHAP) draw more samples until the "
+                    "map's split-half stability reaches this, their max_samples or the time budget; a map "
+                    "below it carries a caution; 0: the configured sample counts only, no caution")
     quality: bool = Field(default=True, description="compute quality scores for every map")
     quality_steps: int = Field(default=20, ge=2, description="deletion/insertion curve steps")
     quality_baseline: Literal["blur", "mean", "zero"] = "blur"
@@ -199,17 +227,26 @@ class OutputSettings(_Section):
         default="auto", description="'auto': gradcam, lrp, integrated_gradients (+ lime on a GPU)")
     montage: bool = True
     sc_max_size: int | Literal["original"] = Field(default=2048, description="long side in px, or 'original'")
-    sc_compression: Literal["none", "jpeg_baseline"] = "none"
+    sc_compression: Literal["none", "jpeg_baseline"] = Field(
+        default="jpeg_baseline", description="SC pixels: JPEG baseline (lossy, Lossy Image Compression 01) or "
+        "'none' (uncompressed, lossless); default results of one source fit in its own size (BENCHMARKS.md)")
     colormap: str = "inferno"
     structured_report: bool = True
     segmentation: bool = True
     gsps: bool = True
-    parametric_map: bool = False
     hot_region_threshold: float = Field(default=0.5, gt=0, lt=1, description="fraction of the map's maximum")
     max_regions_per_method: int = Field(default=3, ge=1)
     series_number_base: int = Field(default=9100, ge=1, le=2**31 - 1000)
     manufacturer: str = "mammoxai"
     institution_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_parametric_map(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "parametric_map" in data:
+            raise ValueError("parametric_map is not a setting: the Parametric Map IOD needs a Frame of Reference, "
+                             "which a projection mammogram does not have; the SEG carries the maps")
+        return data
 
     @field_validator("sc_max_size")
     @classmethod

@@ -7,7 +7,7 @@ standard Digital Mammography X-Ray Image for tests and demos.
 Writing side: :func:`write_results` turns an :class:`~mammoxai.dicom_io.results.ImageResult`
 into the objects chosen in ``[output]`` (Secondary Capture overlays and montage, TID 1500
 SR, FRACTIONAL Segmentation, GSPS); :func:`write_study_summary` makes the study-level SR;
-:func:`is_our_output` recognises what we wrote (loop prevention).
+:func:`is_our_output` recognises what we wrote (loop prevention; all triage rules in :mod:`.triage`).
 """
 
 from .classify import MAMMOGRAM_CARRIER_SOP_CLASSES, Classification, DatasetKind, classify_dataset, is_mammogram
@@ -18,7 +18,8 @@ from .reader import load_dataset, read_mammogram
 from .results import AlgorithmInfo, ImageResult, MethodMap
 from .synthetic import WRITABLE_TRANSFER_SYNTAXES, write_phantom_dicom
 from .write_errors import DicomWriteError
-from .writers import is_our_output, our_output_reason, select_sc_methods, write_results, write_study_summary
+from .triage import is_our_output, our_output_reason, triage
+from .writers import select_sc_methods, write_results, write_study_summary
 
 __all__ = [
     "MAMMOGRAM_CARRIER_SOP_CLASSES",
@@ -29,6 +30,7 @@ __all__ = [
     "MethodMap",
     "is_our_output",
     "our_output_reason",
+    "triage",
     "select_sc_methods",
     "write_results",
     "write_study_summary",

@@ -13,7 +13,7 @@ object that uses it lists it in the Coding Scheme Identification Sequence
 ``MXAI-PCLASS``           Probability of the class named in a TEXT modifier
 ``MXAI-HOTREGION``        Explanation hot region (finding type of a planar ROI)
 ``MXAI-EXPLMETHOD``       Explanation method (concept name; value = method code)
-``MXAI-M-<ABBR>``         One explanation method (table :data:`METHOD_CODES`)
+``MXAI-M-<ABBR>``         One explanation method (``code`` of its explainer class's record)
 ``MXAI-Q-<ABBR>``         One quality score of a map (table :data:`QUALITY_CODES`)
 ``MXAI-RPEAK``            Peak normalised attribution in a region (unit ``1``)
 ``MXAI-RMEAN``            Mean normalised attribution in a region (unit ``1``)
@@ -21,8 +21,17 @@ object that uses it lists it in the Coding Scheme Identification Sequence
 ``MXAI-EXPLFAIL``         Explanation method failed (TEXT: "method: reason")
 ``MXAI-CAUTION``          Caution about an explanation map (TEXT), e.g. it fails the
                          model-randomisation sanity check
+``MXAI-NOINFO``           Explanation map not informative (constant, near-constant or
+                         non-finite; TEXT: the reason); the map is not rendered
 ``MXAI-ATTRIB``           Attribution map (SEG segmented property type)
 ``MXAI-BREASTMAX``        Highest probability of malignancy of one breast
+``MXAI-RS-<ABBR>``        "<method> attribution in region": share of the method's positive
+                         attribution inside one hot region (unit ``%``)
+``MXAI-DOMSCORE`` ...     Domain check: score, threshold, verdict (``MXAI-DOMCHECK`` =
+                         ``MXAI-INDOMAIN`` / ``MXAI-OUTDOMAIN`` / ``MXAI-DOMNOTCHK``),
+                         calibration (``MXAI-CALIB`` = ``MXAI-CALIBYES`` / ``MXAI-CALIBNO``),
+                         ``MXAI-WITHHELD`` (Finding when the prediction is withheld) and
+                         ``MXAI-PREDCAUT`` (TEXT caution about the prediction)
 ``MXAI-SECONDS``          Computation time of an explanation (unit UCUM ``s``)
 ``MXAI-P-<hash>``         Probability of another class (meaning names the class)
 ``MXAI-CL-<hash>``        A class name without a SNOMED CT concept
@@ -40,38 +49,16 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from .results import MethodMap
+
 SCHEME = "99MAMMOXAI"
 SCHEME_NAME = "mammoxai private explanation codes"
 SCHEME_RESPONSIBLE = "mammoxai project"
 SCHEME_VERSION = "1"
 
-#: Registry name -> (short code suffix, meaning).
-METHOD_CODES: dict[str, tuple[str, str]] = {
-    "saliency": ("SAL", "Saliency (input gradient)"),
-    "gradient_x_input": ("GXI", "Gradient x Input"),
-    "integrated_gradients": ("IG", "Integrated Gradients"),
-    "smoothgrad": ("SG", "SmoothGrad"),
-    "guided_backprop": ("GBP", "Guided Backpropagation"),
-    "deeplift": ("DLIFT", "DeepLIFT"),
-    "gradcam": ("GCAM", "Grad-CAM"),
-    "gradcam_pp": ("GCAMPP", "Grad-CAM++"),
-    "hirescam": ("HRCAM", "HiResCAM"),
-    "xgradcam": ("XGCAM", "XGrad-CAM"),
-    "layercam": ("LCAM", "LayerCAM"),
-    "scorecam": ("SCAM", "Score-CAM"),
-    "eigencam": ("ECAM", "Eigen-CAM"),
-    "guided_gradcam": ("GGCAM", "Guided Grad-CAM"),
-    "lrp": ("LRP", "Layer-wise Relevance Propagation"),
-    "occlusion": ("OCCL", "Occlusion"),
-    "rise": ("RISE", "RISE"),
-    "lime": ("LIME", "LIME"),
-    "kernel_shap": ("KSHAP", "Kernel SHAP"),
-    "attention_rollout": ("ATTRO", "Attention Rollout"),
-}
-
 #: Quality score key -> (short code suffix, meaning).
 QUALITY_CODES: dict[str, tuple[str, str]] = {
-    "faithfulness": ("FAITH", "Faithfulness (correlation with deletion effect)"),
+    "faithfulness": ("FAITH", "Faithfulness (insertion AUC minus deletion AUC)"),
     "deletion_auc": ("DELAUC", "Deletion AUC"),
     "insertion_auc": ("INSAUC", "Insertion AUC"),
     "max_sensitivity": ("MAXSENS", "Max-sensitivity"),
@@ -82,6 +69,8 @@ QUALITY_CODES: dict[str, tuple[str, str]] = {
     "adversarial_flipped": ("ADVFLIP", "Decision flipped within perturbation budget"),
     "adversarial_epsilon": ("ADVEPS", "Smallest decision-flipping perturbation"),
     "adversarial_max_epsilon": ("ADVMAXEPS", "Largest perturbation tried"),
+    "stability": ("STABIL", "Split-half stability of the map (Spearman-Brown)"),
+    "completeness_error": ("COMPLERR", "Completeness error |sum of map - score difference|"),
 }
 
 
@@ -94,12 +83,14 @@ def _hashed(prefix: str, name: str) -> str:
     return prefix + hashlib.sha1(name.encode("utf-8")).hexdigest()[:7].upper()
 
 
-def method_code(method: str, display_name: str | None = None) -> CodedConcept:
-    """The code of an explanation method (registry name), e.g. ``MXAI-M-GCAM`` for ``gradcam``."""
-    if method in METHOD_CODES:
-        suffix, meaning = METHOD_CODES[method]
-        return private("MXAI-M-" + suffix, meaning)
-    return private(_hashed("MXAI-M-", method), display_name or method)
+def method_code(method_map: MethodMap) -> CodedConcept:
+    """The code of a map's explanation method: ``MXAI-M-`` + the code suffix of the method's record
+    (e.g. ``MXAI-M-GCAM`` for Grad-CAM), meaning its display name; a method without a record gets a
+    code hashed from its registry name."""
+    meaning = method_map.display_name or method_map.method
+    if method_map.code:
+        return private("MXAI-M-" + method_map.code, meaning)
+    return private(_hashed("MXAI-M-", method_map.method), meaning)
 
 
 def quality_code(key: str) -> CodedConcept:
@@ -119,8 +110,31 @@ REGION_MEAN = private("MXAI-RMEAN", "Mean normalised attribution in region")
 REGION_MASS = private("MXAI-RMASS", "Fraction of positive attribution in region")
 EXPLANATION_FAILED = private("MXAI-EXPLFAIL", "Explanation method failed")
 EXPLANATION_CAUTION = private("MXAI-CAUTION", "Caution about explanation map")
+MAP_NOT_INFORMATIVE = private("MXAI-NOINFO", "Explanation map not informative")
 ATTRIBUTION_MAP = private("MXAI-ATTRIB", "Attribution map")
 BREAST_MAX_PROBABILITY = private("MXAI-BREASTMAX", "Highest probability of malignancy of breast")
+# The domain check and calibration of a prediction (SR classification group; added by helper F1 for issue 12).
+DOMAIN_SCORE = private("MXAI-DOMSCORE", "Out-of-domain score")
+DOMAIN_THRESHOLD = private("MXAI-DOMTHRESH", "Out-of-domain threshold")
+DOMAIN_CHECK = private("MXAI-DOMCHECK", "Domain check")
+IN_DOMAIN = private("MXAI-INDOMAIN", "In domain")
+OUT_OF_DOMAIN = private("MXAI-OUTDOMAIN", "Out of domain")
+DOMAIN_NOT_CHECKED = private("MXAI-DOMNOTCHK", "Domain not checked")
+CALIBRATION = private("MXAI-CALIB", "Probability calibration")
+CALIBRATED = private("MXAI-CALIBYES", "Probabilities calibrated")
+NOT_CALIBRATED = private("MXAI-CALIBNO", "Probabilities not calibrated")
+PREDICTION_WITHHELD = private("MXAI-WITHHELD", "Prediction withheld")
+PREDICTION_CAUTION = private("MXAI-PREDCAUT", "Caution about the prediction")
+
+
+def region_share_code(method_map: MethodMap) -> CodedConcept:
+    """The code of "<method> attribution in region" (``MXAI-RS-`` + the method's code suffix): the share of
+    one method's positive attribution inside a hot region. Per method, so that viewers that print a
+    NUM's meaning as its label (OHIF) name the method."""
+    meaning = f"{method_map.display_name or method_map.method} attribution in region"
+    if method_map.code:
+        return private("MXAI-RS-" + method_map.code, meaning)
+    return private(_hashed("MXAI-RS-", method_map.method), meaning)
 
 # Standard codes.
 FINDING = CodedConcept(*codes.DCM.Finding)                       # (121071, DCM, "Finding")

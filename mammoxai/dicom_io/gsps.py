@@ -28,7 +28,7 @@ from .provenance import contributing_equipment, copied_names_quietly, finish
 from .regions import HotRegion
 from .render import DISCLAIMER
 from .results import ImageResult
-from .series import series_info
+from .identity import OutputIdentity
 
 #: Display colour per layer (RGB, stored as CIELab): yellow, cyan, magenta, green, orange, ...
 _RGB = [(255, 220, 0), (0, 220, 255), (255, 0, 220), (0, 255, 80), (255, 140, 0), (160, 120, 255),
@@ -40,11 +40,11 @@ def _cielab(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
 
 
 def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
-               regions: dict[str, list[HotRegion]]) -> hd.pr.GrayscaleSoftcopyPresentationState:
-    """The GSPS of one image (see the module docstring); ``regions``: method → hot regions."""
+               regions: dict[str, list[HotRegion]], *, identity: OutputIdentity
+               ) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """The GSPS of one image (see the module docstring); ``regions``: method → hot regions;
+    ``identity``: its UIDs and series."""
     source = mammogram.dataset
-    series = series_info(mammogram.study_instance_uid, "gsps", output.series_number_base,
-                         laterality=mammogram.laterality)
     layers, annotations = [], []
     rows, cols = int(source.Rows), int(source.Columns)
     for order, method_map in enumerate(result.maps, start=1):
@@ -60,7 +60,7 @@ def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings
                                                 graphic_data=region.polygon.astype(np.float32),
                                                 units=hd.pr.AnnotationUnitsValues.PIXEL,
                                                 tracking_id=f"{method_map.method} region {k}"[:64],
-                                                tracking_uid=hd.UID()))
+                                                tracking_uid=identity.uid("region", method_map.method, k)))
             top = int(np.argmin(region.polygon[:, 1]))
             x, y = (float(v) for v in region.polygon[top])
             texts.append(hd.pr.TextObject(text_value=f"{method_map.display_name} {k}"[:1024],
@@ -83,10 +83,10 @@ def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings
     with copied_names_quietly():
         gsps = hd.pr.GrayscaleSoftcopyPresentationState(
             referenced_images=[source],
-            series_instance_uid=series.series_instance_uid,
-            series_number=series.series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
+            series_instance_uid=identity.series_instance_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
             manufacturer=output.manufacturer,
             manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
             software_versions=result.algorithm.software_version or "unknown",
@@ -101,7 +101,7 @@ def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings
                 else hd.PresentationLUTShapeValues.IDENTITY),
             contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
                                                            output.institution_name)],
-            series_description=series.series_description,
+            series_description=identity.series_description,
         )
     if mammogram.laterality in ("L", "R"):
         gsps.Laterality = mammogram.laterality

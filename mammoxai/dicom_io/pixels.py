@@ -33,6 +33,7 @@ Pipeline, all on the stored grid (Rows x Columns), float32:
 
 from __future__ import annotations
 
+import io
 import logging
 from struct import unpack_from
 
@@ -42,6 +43,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .errors import DicomReadError, UnsupportedMammogramError, UnsupportedTransferSyntaxError
+from .limits import DEFAULT_LIMITS, DecodeLimits, check_first_frame, check_size, first_fragment
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +66,15 @@ def transfer_syntax(ds: Dataset, where: str) -> UID:
     return ExplicitVRLittleEndian
 
 
-def decode_stored_values(ds: Dataset, where: str) -> np.ndarray:
+def decode_stored_values(ds: Dataset, where: str, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """The stored values as a 2-D integer array (Rows, Columns), checked for the problems a
     mammography node meets: missing Rows/Columns/Pixel Data, short native data, colour,
-    multi-frame, unknown transfer syntax or no decoder installed."""
+    multi-frame, unknown transfer syntax or no decoder installed; and, before anything is
+    decoded, the decoded size against ``limits`` and the first frame's own header (RLE
+    segment table, JPEG SOF, JPEG 2000 SIZ) against the data set's."""
     if "PixelData" not in ds:
         raise DicomReadError(f"{where}: no Pixel Data (7FE0,0010) (truncated file?)")
-    for keyword in ("Rows", "Columns", "BitsAllocated"):
-        value = ds.get(keyword)
-        if value in (None, "") or int(value) <= 0:
-            raise DicomReadError(f"{where}: {keyword} is missing or zero")
+    check_size(ds, where, limits)
     rows, cols = int(ds.Rows), int(ds.Columns)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
@@ -105,7 +106,11 @@ def decode_stored_values(ds: Dataset, where: str) -> np.ndarray:
         raise UnsupportedTransferSyntaxError(
             f"{where}: no decoder installed for transfer syntax {ts.name} ({ts}): {missing}")
 
-    if not ts.is_compressed:
+    if ts.is_encapsulated:
+        pixel_data = ds.PixelData
+        check_first_frame(first_fragment(io.BytesIO(pixel_data)) if isinstance(pixel_data, (bytes, bytearray))
+                          else None, ts, ds, where)
+    else:
         expected = rows * cols * bits_allocated // 8
         got = len(ds.PixelData)
         if got < expected:
@@ -290,9 +295,10 @@ def needs_inversion(ds: Dataset) -> bool:
     return shape == "INVERSE"
 
 
-def presentation_values(ds: Dataset, where: str, *, index: int = 0, prefer_voi_lut: bool = False) -> np.ndarray:
-    """Steps 1-4: float32 (Rows, Columns) in [0, 1], higher = brighter."""
-    stored = decode_stored_values(ds, where)
+def presentation_values(ds: Dataset, where: str, *, index: int = 0, prefer_voi_lut: bool = False,
+                        limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Steps 1-4: float32 (Rows, Columns) in [0, 1], higher = brighter (decode bounded by ``limits``)."""
+    stored = decode_stored_values(ds, where, limits)
     padding = padding_mask(stored, ds)
     x = modality_values(stored, ds, where)
     del stored

@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 
 from .codes import IHE_PROCESSING_ALGORITHM, add_scheme_identification
 from .results import AlgorithmInfo
-from .series import derived_uid
+from . import identity
 
 #: Patient / study / general-study attributes copied verbatim from the source when present.
 PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
@@ -53,8 +53,8 @@ def copy_patient_and_study(source: Dataset, target: Dataset) -> None:
 
 
 def device_uid(algorithm: AlgorithmInfo) -> str:
-    """Device UID (0018,1002) of a model: a 2.25 UID derived from the checkpoint's SHA-256."""
-    return derived_uid("mammoxai-device", algorithm.checkpoint_sha256)
+    """Device UID (0018,1002) of a model: a 2.25 UID derived from the checkpoint's SHA-256 (see identity)."""
+    return identity.device_uid(algorithm.checkpoint_sha256)
 
 
 def contributing_equipment(algorithm: AlgorithmInfo, manufacturer: str,

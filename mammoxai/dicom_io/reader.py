@@ -7,13 +7,18 @@ import os
 import warnings
 from pathlib import Path
 
+import io
+
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .classify import DatasetKind, classify_dataset
 from .errors import DicomReadError, NotAMammogramError, UnsupportedMammogramError, describe_source
+from .limits import DEFAULT_LIMITS, DecodeLimits, inflate_bounded
 from .mammogram import Mammogram
 from .read_orientation import chest_wall_on_right, display_flips, patient_orientation, read_laterality, read_view
 from .pixels import presentation_values
@@ -23,18 +28,36 @@ log = logging.getLogger(__name__)
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 
 
-def load_dataset(path: str | os.PathLike[str]) -> Dataset:
+def _read_deflated(path: Path, where: str, limits: DecodeLimits) -> Dataset | None:
+    """The whole data set of a Deflated Explicit VR Little Endian file, inflated within
+    ``limits.max_inflated_bytes`` (pydicom would inflate it whole, however large); None for other syntaxes."""
+    with open(path, "rb") as raw:
+        preamble = read_preamble(raw, False)
+        meta = _read_file_meta_info(raw)
+        if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+            return None
+        inflated = io.BytesIO()
+        inflate_bounded(raw, inflated, limits.max_inflated_bytes, where)
+    inflated.seek(0)
+    ds = FileDataset(str(path), read_dataset(inflated, False, True), preamble, meta, False, True)
+    ds.set_original_encoding(False, True, ds._character_set)
+    return ds
+
+
+def load_dataset(path: str | os.PathLike[str], limits: DecodeLimits = DEFAULT_LIMITS) -> Dataset:
     """Read a DICOM file whole; a missing, non-DICOM, empty or truncated file is a :class:`DicomReadError`.
 
     pydicom only warns about a file that ends early; here that is an error, so
-    a half-received instance is never taken for a complete one.
+    a half-received instance is never taken for a complete one. A deflated data
+    set is inflated in bounded steps, at most ``limits.max_inflated_bytes``
+    (:class:`~mammoxai.dicom_io.limits.ImageTooLargeError` beyond).
     """
     path = Path(path)
     where = f"file {path}"
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = dcmread(path)
+            ds = _read_deflated(path, where, limits) or dcmread(path)
         for w in caught:
             text = str(w.message)
             if "end of file" in text.lower() or "truncated" in text.lower():
@@ -42,6 +65,8 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
         if len(ds) == 0:
             raise DicomReadError(f"{where}: empty data set (truncated DICOM file?)")
         return ds
+    except DicomReadError:
+        raise
     except FileNotFoundError:
         raise DicomReadError(f"{where}: no such file") from None
     except IsADirectoryError:
@@ -72,7 +97,7 @@ def _shallow_copy(ds: Dataset, keep_pixel_data: bool) -> Dataset:
 
 def read_mammogram(source: str | os.PathLike[str] | Dataset, *, voi_window_index: int = 0,
                    keep_pixel_data: bool = False, prefer_voi_lut: bool = False,
-                   guess_missing_orientation: bool = True) -> Mammogram:
+                   guess_missing_orientation: bool = True, limits: DecodeLimits = DEFAULT_LIMITS) -> Mammogram:
     """Read a 2-D mammogram and return presentation values on the stored grid.
 
     ``source``: a path, or a dataset (e.g. from a C-STORE); a dataset is never modified.
@@ -93,6 +118,8 @@ def read_mammogram(source: str | os.PathLike[str] | Dataset, *, voi_window_index
       detector, while Patient Orientation (Type 1 in the Mammography Image module) already
       relates the stored grid to the patient.
     * ``dataset``: the header; Pixel Data is dropped unless ``keep_pixel_data``.
+    * ``limits``: the decoded-size cap checked on the header before any decode
+      (:class:`~mammoxai.dicom_io.limits.ImageTooLargeError`), and the inflated-size cap of a deflated file.
 
     Every failure is a :class:`DicomReadError` (or subclass) naming the SOP Instance UID and/or file.
     """
@@ -102,7 +129,7 @@ def read_mammogram(source: str | os.PathLike[str] | Dataset, *, voi_window_index
         filename = str(filename) if isinstance(filename, (str, os.PathLike)) else None
     elif isinstance(source, (str, os.PathLike)):
         filename = str(source)
-        src = load_dataset(source)
+        src = load_dataset(source, limits)
     else:
         raise TypeError(f"read_mammogram: source must be a path or a pydicom Dataset, got {type(source).__name__}")
 
@@ -118,7 +145,7 @@ def read_mammogram(source: str | os.PathLike[str] | Dataset, *, voi_window_index
         raise UnsupportedMammogramError(f"{where}: unsupported mammogram: {verdict.reason}")
 
     work = _shallow_copy(src, keep_pixel_data=True)
-    pixels = presentation_values(work, where, index=voi_window_index, prefer_voi_lut=prefer_voi_lut)
+    pixels = presentation_values(work, where, index=voi_window_index, prefer_voi_lut=prefer_voi_lut, limits=limits)
     header = work if keep_pixel_data else _shallow_copy(work, keep_pixel_data=False)
 
     laterality = read_laterality(src)

@@ -30,6 +30,8 @@ from .results import ImageResult, MethodMap
 from .write_errors import DicomWriteError
 
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE"
+#: burned in where the prediction is shown when the image is outside the checkpoint's domain record
+OUT_OF_DOMAIN = "OUTSIDE THE MODEL'S VALIDATED DOMAIN"
 SIGNED_COLORMAP = "RdBu_r"
 ALPHA_MAX = 0.6
 _BACKGROUND = (0, 0, 0)
@@ -180,7 +182,27 @@ def _margins(base: int) -> tuple[int, int, int]:
 
 def _prediction_line(result: ImageResult) -> str:
     return (f"Prediction: {result.predicted_class}    "
-            f"P({result.positive_class}) = {result.malignancy_probability:.2f}")
+            f"P({result.positive_class}) = {result.malignancy_probability:.2f}"
+            + (" (calibrated)" if result.calibrated else ""))
+
+
+def prediction_text(result: ImageResult) -> tuple[str, bool]:
+    """The header's prediction line and whether it is a caution (drawn bold, in the warning colour).
+
+    An image outside the checkpoint's domain (``result.domain.in_domain`` False) gets
+    :data:`OUT_OF_DOMAIN` in front of the prediction, or instead of it when the prediction is withheld.
+    """
+    out = result.domain is not None and not result.domain.in_domain
+    if result.prediction_withheld:
+        return f"{OUT_OF_DOMAIN}  -  prediction withheld", True
+    if out:
+        return f"{OUT_OF_DOMAIN}  -  {_prediction_line(result)}", True
+    return _prediction_line(result), False
+
+
+def _draw_prediction(draw: ImageDraw.ImageDraw, result: ImageResult, header: int, width: int) -> None:
+    text, caution = prediction_text(result)
+    _text(draw, (6, header * 0.55), text, int(header * 0.32), width, fill=_WARN if caution else _TEXT, bold=caution)
 
 
 def _view_label(mammogram: Mammogram) -> str:
@@ -223,8 +245,10 @@ def render_overlay(mammogram: Mammogram, method_map: MethodMap, result: ImageRes
     view = _view_label(mammogram)
     if view:
         title += f"  ({view})"
+    if "stability" in method_map.quality:   # split-half stability of a sampled map (1 = same map every run)
+        title += f"  stability {method_map.quality['stability']:.2f}"
     _text(draw, (6, header * 0.08), title, int(header * 0.42), page.shape[1] - 12, bold=True)
-    _text(draw, (6, header * 0.55), _prediction_line(result), int(header * 0.32), page.shape[1] - 12)
+    _draw_prediction(draw, result, header, page.shape[1] - 12)
     _label_bar(draw, bar_box, signed=method_map.signed, font_size=font_size)
     _footer(draw, page.shape[1], page.shape[0], footer, method_map.caution)
     return np.asarray(image)
@@ -301,7 +325,7 @@ def render_montage(mammogram: Mammogram, result: ImageResult, *, colormap: str =
     if view:
         title += f"  ({view})"
     _text(draw, (6, header * 0.08), title, int(header * 0.42), page_w - 12, bold=True)
-    _text(draw, (6, header * 0.55), _prediction_line(result), int(header * 0.32), page_w - 12)
+    _draw_prediction(draw, result, header, page_w - 12)
     cautions = sorted({m.caution for m in maps if m.caution})
     _footer(draw, page_w, page_h, footer, "* " + "; ".join(cautions) if cautions else "")
     return np.asarray(image)

@@ -40,6 +40,26 @@ class MethodMap:
     # A warning the reader must see with this map, burned into its SC and recorded in the SR
     # (e.g. that the map fails the checkpoint's model-randomisation check); "" for none.
     caution: str = ""
+    # Why the map says nothing (constant, near-constant, non-finite), "" when it is informative. Such a map
+    # is recorded in the SR with the reason and never drawn (no SC overlay, SEG segment or hot region).
+    not_informative: str = ""
+    # The method's record, carried by its explainer class (mammoxai.explainers.method_record) and copied
+    # here by the pipeline: 99MAMMOXAI code suffix ("GCAM" -> MXAI-M-GCAM), SC series slot, family.
+    # "" / None for a method without a record (a plugin, a test double).
+    code: str = ""
+    series_slot: int | None = None
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """Whether an image lies in the domain the model was validated on (the checkpoint's domain record)."""
+
+    score: float                  # the record's out-of-domain score; higher is further from the domain
+    threshold: float              # flagged when score > threshold (chosen on held-out in-domain data)
+    in_domain: bool
+    score_name: str               # e.g. "Mahalanobis distance, penultimate layer"
+    reasons: tuple[str, ...] = () # acquisition checks that failed, in plain words
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,9 @@ class ImageResult:
     maps: tuple[MethodMap, ...] = ()
     positive_class: str = "malignant"
     failures: Mapping[str, str] = field(default_factory=dict)   # method -> error message
+    domain: DomainCheck | None = None     # None: the checkpoint has no domain record ("domain not checked")
+    calibrated: bool = False              # probabilities calibrated with the checkpoint's record
+    prediction_withheld: bool = False     # model.out_of_domain = "withhold" and the image is out of domain
 
     @property
     def predicted_index(self) -> int:

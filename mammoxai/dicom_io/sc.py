@@ -20,7 +20,7 @@ from .mammogram import Mammogram
 from .orientation import display_orientation
 from .provenance import contributing_equipment, copied_names_quietly, finish, source_image_item
 from .results import ImageResult, MethodMap
-from .series import SeriesInfo, series_info
+from .identity import OutputIdentity
 from .write_errors import DicomWriteError
 
 #: Purpose of reference of the source image: (121322, DCM, "Source image for image processing operation").
@@ -34,8 +34,8 @@ def _transfer_syntax(output: OutputSettings) -> tuple[str, str]:
 
 
 def build_sc(mammogram: Mammogram, page: np.ndarray, result: ImageResult, output: OutputSettings, *,
-             series: SeriesInfo, instance_number: int, derivation: str) -> hd.sc.SCImage:
-    """One SC of an RGB page, in ``series``, referencing the source (see the module docstring)."""
+             identity: OutputIdentity, derivation: str) -> hd.sc.SCImage:
+    """One SC of an RGB page with the UIDs, series and number of ``identity``, referencing the source."""
     if page.ndim != 3 or page.shape[2] != 3 or page.dtype != np.uint8:
         raise DicomWriteError(f"{mammogram.sop_instance_uid}: SC page must be RGB uint8, got "
                               f"{page.dtype} {page.shape}")
@@ -49,10 +49,10 @@ def build_sc(mammogram: Mammogram, page: np.ndarray, result: ImageResult, output
             photometric_interpretation=photometric,
             bits_allocated=8,
             coordinate_system="PATIENT",
-            series_instance_uid=series.series_instance_uid,
-            series_number=series.series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=instance_number,
+            series_instance_uid=identity.series_instance_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
             manufacturer=output.manufacturer,
             laterality=mammogram.laterality if mammogram.laterality in ("L", "R") else None,
             # highdicom accepts one letter per direction only: oblique values ("FL") are set below
@@ -60,7 +60,7 @@ def build_sc(mammogram: Mammogram, page: np.ndarray, result: ImageResult, output
             transfer_syntax_uid=transfer_syntax,
             contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
                                                            output.institution_name)],
-            series_description=series.series_description,
+            series_description=identity.series_description,
             institution_name=output.institution_name,
         )
     # Type 2C: unknown orientation is sent empty
@@ -86,28 +86,23 @@ def _parameters_text(method_map: MethodMap) -> str:
 
 
 def write_overlay_sc(mammogram: Mammogram, method_map: MethodMap, result: ImageResult,
-                     output: OutputSettings, *, instance_number: int = 1) -> hd.sc.SCImage:
-    """The SC overlay page of one method, in the method's series ("mammoxai <method>")."""
+                     output: OutputSettings, *, identity: OutputIdentity) -> hd.sc.SCImage:
+    """The SC overlay page of one method; ``identity``: its UIDs and the method's series ("mammoxai <method> L")."""
     page = render.render_overlay(mammogram, method_map, result, colormap=output.colormap,
                                  max_size=output.sc_max_size)
-    series = series_info(mammogram.study_instance_uid, "sc", output.series_number_base,
-                         method=method_map.method, display_name=method_map.display_name,
-                         laterality=mammogram.laterality)
     cmap = render.SIGNED_COLORMAP if method_map.signed else output.colormap
     params = _parameters_text(method_map)
     derivation = (f"mammoxai {method_map.display_name} ({method_map.method}) map of model "
                   f"{result.algorithm.name} {result.algorithm.version} blended in {cmap}"
                   + (f"; parameters: {params}" if params else "") + f"; {render.DISCLAIMER}")
-    return build_sc(mammogram, page, result, output, series=series, instance_number=instance_number,
-                    derivation=derivation)
+    return build_sc(mammogram, page, result, output, identity=identity, derivation=derivation)
 
 
-def write_montage_sc(mammogram: Mammogram, result: ImageResult, output: OutputSettings) -> hd.sc.SCImage:
-    """The SC montage of all maps of ``result`` (one panel per method)."""
+def write_montage_sc(mammogram: Mammogram, result: ImageResult, output: OutputSettings, *,
+                     identity: OutputIdentity) -> hd.sc.SCImage:
+    """The SC montage of all maps of ``result`` (one panel per method); ``identity``: its UIDs and series."""
     page = render.render_montage(mammogram, result, colormap=output.colormap, max_size=output.sc_max_size)
-    series = series_info(mammogram.study_instance_uid, "montage", output.series_number_base,
-                         laterality=mammogram.laterality)
     names = ", ".join(m.display_name for m in result.maps)
     derivation = (f"mammoxai montage of {len(result.maps)} explanation maps ({names}) of model "
                   f"{result.algorithm.name} {result.algorithm.version}; {render.DISCLAIMER}")
-    return build_sc(mammogram, page, result, output, series=series, instance_number=1, derivation=derivation)
+    return build_sc(mammogram, page, result, output, identity=identity, derivation=derivation)

@@ -1,37 +1,67 @@
-"""FRACTIONAL Segmentation (highdicom.seg.Segmentation), one object per explainer, referencing the source.
+"""Segmentations of the explanation maps (highdicom.seg.Segmentation), referencing the source image.
 
-Why one SEG per explainer rather than one SEG with a segment per method:
-viewers that show SEGs (OHIF/Cornerstone, Slicer) load a SEG as one
-labelmap, where overlapping segments of a multi-segment object collide —
-and every explanation map covers the whole breast, so all segments would
-overlap everywhere. One object per method keeps each map whole, lets the
-viewer toggle methods like series, and lets an archive delete one.
-All of them share the study's SEG series ("mammoxai explanation maps (SEG)").
+Two kinds, both in the study's SEG series ("mammoxai explanation maps (SEG)"):
+
+* :func:`write_hot_region_seg` — **one BINARY SEG per image, one segment per
+  method** that has hot regions: the pixels inside the method's hot-region
+  outlines (the same polygons as the SR and GSPS), for viewers that overlay
+  segmentations (OHIF). One object with all methods as segments rather than
+  one per method: the reader opens one item and toggles methods in one
+  segment list (OHIF loads overlapping binary segments as stacked labelmaps;
+  hot regions are small, unlike whole maps). Each segment's Recommended
+  Display CIELab Value is the method's outline colour (:data:`METHOD_RGB`,
+  shared with the GSPS layers): the SC overlays use one colour *map* for every
+  method, so they offer no per-method colour to match. What OHIF 3.13 needs
+  and we write (docs/viewer.md): a shared Pixel Measures item (with the
+  source's Pixel Spacing when it has one; else only a private element
+  (0029,xx10) "pixel spacing unknown", because an empty item is dropped by
+  Orthanc's DICOMweb JSON and OHIF needs the item) and a shared Plane
+  Orientation item. A projection
+  mammogram has neither Image Orientation (Patient) nor a Frame of Reference,
+  and highdicom refuses ``plane_orientation`` without one; the item is added
+  after construction with ``[1, 0, 0, 0, 1, 0]``, the orientation OHIF
+  assumes for such an image, which is what lets it match the SEG to the MG.
+  Without a Frame of Reference these values relate to no patient coordinate
+  system (the IOD requires the macro only with one; dciodvfy accepts it
+  without). JPEG 2000 lossless (:data:`SEG_TRANSFER_SYNTAX`): highdicom
+  refuses RLE and JPEG-LS for BINARY, and uncompressed 1-bit frames of a
+  2600 × 4700 mammogram cost 1.5 MB per method; OHIF's first request asks for
+  the whole object uncompressed, so the archive must be able to decode JPEG
+  2000 (Orthanc: the GDCM plugin, Debian ``orthanc-gdcm``). highdicom's reader
+  ``segread`` refuses a Pixel Measures item without Slice Thickness, which a
+  projection has not: read it with pydicom.
+* :func:`write_seg` — the FRACTIONAL map of one explainer (the data; OHIF
+  3.13 shows no FRACTIONAL SEG). One object per method rather than one with a
+  segment per method: every map covers the whole breast, so its segments
+  would overlap everywhere; one object per method keeps each map whole and
+  lets an archive delete one. It carries the same Pixel Measures and Plane
+  Orientation items, so that opening it in OHIF gives OHIF's "not supported"
+  message instead of a blank app.
 
 The single frame is the map on the source's stored grid normalised to [0, 1]
 (unsigned: positive part / positive max; signed: the positive part only —
 the evidence *for* the predicted class — divided by its max; the negative
 part is in the SR/SC, not here), Segmentation Fractional Type PROBABILITY,
-Maximum Fractional Value 255, RLE Lossless. MG sources have no Frame of
+Maximum Fractional Value 255, JPEG 2000 lossless. MG sources have no Frame of
 Reference: highdicom (≥ 0.18.2) writes a single-frame SEG without one;
 Patient Orientation of the stored grid is then added (General Image, Type
-2C). The Pixel Measures functional group is dropped when the source has Pixel
-Spacing (highdicom writes it without Slice Thickness, which its own reader
-``segread`` requires; a projection image has no slice thickness).
+2C). Pixel Measures and Plane Orientation: as for the BINARY SEG.
 
 Parametric Map: not written. The Parametric Map IOD requires the Frame of
 Reference module (and Plane Position/Orientation functional groups), which a
 projection mammogram does not have; highdicom 0.28 fails to build one for MG
 ("Unexpected mismatch between dimension index values"), and inventing a
 Frame of Reference UID would assert a patient coordinate system that does not
-exist. ``output.parametric_map = true`` is therefore reported and ignored.
+exist. There is therefore no ``output.parametric_map`` setting (it is refused with this reason).
 """
 
 from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
-from pydicom.uid import RLELossless
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless
+from skimage.draw import polygon as draw_polygon
 
 from ..config.settings import OutputSettings
 from . import codes
@@ -39,8 +69,9 @@ from .mammogram import Mammogram
 from .orientation import stored_orientation
 from .provenance import contributing_equipment, copied_names_quietly, finish
 from .render import normalise_map
+from .regions import HotRegion
 from .results import ImageResult, MethodMap
-from .series import series_info
+from .identity import OutputIdentity
 from .write_errors import DicomWriteError
 
 #: Segmented Property Category (85756007, SCT, "Tissue"); the type is MXAI-ATTRIB ("Attribution map").
@@ -53,13 +84,12 @@ def fractional_map(method_map: MethodMap) -> np.ndarray:
 
 
 def write_seg(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, output: OutputSettings, *,
-              instance_number: int = 1) -> hd.seg.Segmentation:
-    """The FRACTIONAL SEG of one explainer's map."""
+              identity: OutputIdentity) -> hd.seg.Segmentation:
+    """The FRACTIONAL SEG of one explainer's map; ``identity``: its UIDs, series and Instance Number."""
     source = mammogram.dataset
     if method_map.heatmap.shape != (int(source.Rows), int(source.Columns)):
         raise DicomWriteError(f"{mammogram.sop_instance_uid}: {method_map.method} map has shape "
                               f"{method_map.heatmap.shape}, the image is {source.Rows} x {source.Columns}")
-    series = series_info(mammogram.study_instance_uid, "seg", output.series_number_base)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"mammoxai {method_map.method}"[:64], family=codes.ARTIFICIAL_INTELLIGENCE,
         version=result.algorithm.software_version or "unknown",
@@ -72,7 +102,7 @@ def write_seg(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, 
         segmented_property_type=codes.ATTRIBUTION_MAP,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
-        tracking_uid=hd.UID(),
+        tracking_uid=identity.uid("segment", 1),
         tracking_id=f"{method_map.display_name} map"[:64],
         anatomic_regions=[codes.BREAST],
     )
@@ -83,31 +113,144 @@ def write_seg(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, 
             pixel_array=frame,
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
             segment_descriptions=[description],
-            series_instance_uid=series.series_instance_uid,
-            series_number=series.series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=instance_number,
+            series_instance_uid=identity.series_instance_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
             manufacturer=output.manufacturer,
             manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
             software_versions=result.algorithm.software_version or "unknown",
             device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
             fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
             max_fractional_value=255,
-            content_label=codes.method_code(method_map.method).value.replace("-", "_"),   # e.g. MXAI_M_GCAM
+            content_label=codes.method_code(method_map).value.replace("-", "_"),   # e.g. MXAI_M_GCAM
             content_description=f"mammoxai {method_map.display_name} map (normalised positive part)"[:64],
-            transfer_syntax_uid=RLELossless,
+            transfer_syntax_uid=SEG_TRANSFER_SYNTAX,
             omit_empty_frames=False,
             contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
                                                            output.institution_name)],
-            series_description=series.series_description,
+            series_description=identity.series_description,
             institution_name=output.institution_name,
         )
+    # highdicom mints a random Dimension Organization UID: ours comes from the identity, like every UID
+    organization_uid = identity.uid("dimension-organization")
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = organization_uid
     orientation = stored_orientation(mammogram)
     seg.PatientOrientation = list(orientation) if orientation else ""   # General Image, Type 2C (no FoR)
+    add_ohif_functional_groups(seg, source)
+    return finish(seg, source, private_scheme=True)
+
+
+def add_ohif_functional_groups(seg: hd.seg.Segmentation, source) -> None:
+    """The shared Pixel Measures and Plane Orientation items OHIF 3.13 needs to open a SEG at all (see the module
+    docstring): without Pixel Measures its viewport throws and the whole app goes blank."""
     shared = seg.SharedFunctionalGroupsSequence[0]
-    measures = shared.get("PixelMeasuresSequence")
-    if measures is not None and "SliceThickness" not in measures[0]:
-        # highdicom copies Pixel Spacing alone; its own reader (segread) then refuses the object, and a
-        # projection image has no slice thickness to add. The grid is the source's: spacing is there.
-        del shared.PixelMeasuresSequence
+    if "PixelMeasuresSequence" not in shared:
+        # The source has no Pixel Spacing: nothing true to put in the item, and an empty item is dropped by
+        # DICOMweb servers (Orthanc's JSON omits it), which crashes OHIF all the same. A private element
+        # saying so keeps the item without asserting a geometry.
+        measures = Dataset()
+        measures.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True).add_new(
+            0x10, "LO", "pixel spacing unknown (source has none)")
+        shared.PixelMeasuresSequence = [measures]
+    if "PlaneOrientationSequence" not in shared:
+        plane = Dataset()
+        plane.ImageOrientationPatient = list(source.get("ImageOrientationPatient") or OHIF_DEFAULT_ORIENTATION)
+        shared.PlaneOrientationSequence = [plane]
+
+
+#: Outline / segment colour per method, by the method's place in ``result.maps`` (RGB): yellow, cyan,
+#: magenta, green, orange, ... (the GSPS layers use the same).
+METHOD_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 220, 0), (0, 220, 255), (255, 0, 220), (0, 255, 80), (255, 140, 0), (160, 120, 255),
+    (255, 80, 80), (200, 255, 120))
+#: Orientation OHIF assumes for an image without Image Orientation (Patient) (see the module docstring).
+OHIF_DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: Transfer syntax of both kinds of SEG: lossless JPEG 2000. BINARY: highdicom refuses RLE and JPEG-LS, and a
+#: 1-bit frame of a 2600 × 4700 mammogram is 1.5 MB uncompressed, a few kB compressed. FRACTIONAL: a smooth
+#: 8-bit map is about 6 × smaller than with RLE (0.38 vs 2.2 MB measured on CBIS-DDSM). The difference
+#: between fitting the storage budget (BENCHMARKS.md) or not.
+SEG_TRANSFER_SYNTAX = JPEG2000Lossless
+#: Private block of the Pixel Measures item of a SEG whose source has no Pixel Spacing (see add_ohif_functional_groups).
+PRIVATE_GROUP, PRIVATE_CREATOR = 0x0029, "mammoxai"
+#: The pseudo-method naming the hot-region SEG in :mod:`.identity` (one per image, not per method).
+HOT_REGION_SEG = "hot-regions"
+
+
+def region_mask(regions: list[HotRegion], shape: tuple[int, int]) -> np.ndarray:
+    """The pixels (stored grid) whose centres lie inside any of ``regions``' polygons (SCOORD pixel
+    coordinates: the centre of pixel (r, c) is (c + 0.5, r + 0.5))."""
+    mask = np.zeros(shape, dtype=bool)
+    for region in regions:
+        polygon = np.asarray(region.polygon, dtype=float)
+        rr, cc = draw_polygon(polygon[:, 1] - 0.5, polygon[:, 0] - 0.5, shape=shape)
+        mask[rr, cc] = True
+    return mask
+
+
+def write_hot_region_seg(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
+                         regions: dict[str, list[HotRegion]], *, identity: OutputIdentity
+                         ) -> hd.seg.Segmentation | None:
+    """The BINARY SEG of every method's hot regions (one segment per method with regions; see the module
+    docstring), or ``None`` when no method has a region. ``regions``: method → hot regions (stored grid)."""
+    source = mammogram.dataset
+    shape = (int(source.Rows), int(source.Columns))
+    descriptions, masks = [], []
+    for order, method_map in enumerate(result.maps):
+        method_regions = regions.get(method_map.method, [])
+        mask = region_mask(method_regions, shape) if method_regions else None
+        if mask is None or not mask.any():
+            continue
+        number = len(descriptions) + 1
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=method_map.display_name[:64],
+            segmented_property_category=CATEGORY,
+            segmented_property_type=codes.HOT_REGION,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=f"mammoxai {method_map.method}"[:64], family=codes.ARTIFICIAL_INTELLIGENCE,
+                version=result.algorithm.software_version or "unknown",
+                parameters={"hot_region_threshold": str(output.hot_region_threshold),
+                            "max_regions_per_method": str(output.max_regions_per_method)}),
+            tracking_uid=identity.uid("segment", method_map.method),
+            tracking_id=f"{method_map.display_name} hot regions"[:64],
+            anatomic_regions=[codes.BREAST],
+            display_color=hd.color.CIELabColor.from_rgb(*METHOD_RGB[order % len(METHOD_RGB)]),
+        ))
+        masks.append(mask)
+    if not descriptions:
+        return None
+    pixels = np.stack(masks, axis=-1)[None].astype(np.uint8)          # (1, Rows, Columns, segments)
+    with copied_names_quietly():
+        seg = hd.seg.Segmentation(
+            source_images=[source],
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=identity.series_instance_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
+            manufacturer=output.manufacturer,
+            manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
+            software_versions=result.algorithm.software_version or "unknown",
+            device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
+            content_label="MXAI_HOTREGIONS",
+            content_description="mammoxai hot regions of each explanation method"[:64],
+            transfer_syntax_uid=SEG_TRANSFER_SYNTAX,
+            contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
+                                                           output.institution_name)],
+            series_description=identity.series_description,
+            institution_name=output.institution_name,
+        )
+    organization_uid = identity.uid("dimension-organization")
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = organization_uid
+    orientation = stored_orientation(mammogram)
+    seg.PatientOrientation = list(orientation) if orientation else ""   # General Image, Type 2C (no FoR)
+    add_ohif_functional_groups(seg, source)
     return finish(seg, source, private_scheme=True)

@@ -1,56 +1,87 @@
-"""The per-image TID 1500 Measurement Report (Comprehensive 3D SR) and the per-study summary.
+"""The per-image TID 1500 Measurement Report and the per-study summary, shaped so that viewers draw them.
 
-Content tree (highdicom.sr):
+Both are **Comprehensive SR** (1.2.840.10008.5.1.4.1.1.88.33): every
+coordinate is a 2-D SCOORD on a source image, so no 3-D content is needed,
+and this is the one SOP class both OHIF (its ``dicom-sr`` handler, not the 3-D
+one) and Orthanc's Stone Web Viewer draw (docs/viewer.md gives the code we
+read). Every measurement group is a **TID 1410 planar ROI** with its own
+Tracking Identifier (112039) and Tracking Unique Identifier (112040) and one
+closed SCOORD POLYLINE (111030, "Image Region") whose single IMAGE item,
+concept (111040, DCM, "Original Source"), references the source image: OHIF
+opens the first group and aborts the whole SR on a group without a coordinate,
+and Stone draws only TID 1410 groups whose region is "Original Source".
+
+Content tree of the per-image report:
 
 * Observer: the model as a device (TID 1004: Device UID from the checkpoint hash).
 * Procedure reported: (71651007, SCT, "Mammography").
 * Imaging Measurements:
 
-  - one TID 1501 group "mammoxai classification" for the whole image: the
-    predicted class as a qualitative evaluation (121071, DCM, "Finding") =
-    (21594007, SCT, "Malignant") / (30807003, SCT, "Benign") (other class
-    names: 99MAMMOXAI codes), the probability of malignancy as a measurement
-    (MXAI-PMALIGN, 99MAMMOXAI, unit UCUM ``1``), the model as TID 4019
-    Algorithm Identification (name, version, family (123110, DCM, "Artificial
-    Intelligence"), parameters ``architecture=…``, ``checkpoint_sha256=…``),
-    the finding site (76752008, SCT, "Breast") with laterality;
-  - per explainer, one TID 1501 group "<method> map" with the method's code
-    (Measurement Method), its TID 4019 (name, version, one parameter per
-    ``key=value``), its computation time (UCUM ``s``) and each quality score as
-    a measurement (MXAI-Q-*, unit ``1``);
-  - per hot region of each explainer, one TID 1410 planar ROI group: a closed
-    SCOORD POLYLINE on the source image (stored-pixel coordinates), finding
-    type MXAI-HOTREGION, the method's code, tracking identifier
-    "<method> region k", and peak / mean normalised attribution and the
-    fraction of attribution inside (unit ``1``).
+  1. "mammoxai classification": the region is the whole image (a closed
+     polyline along its border; the classification is about the whole
+     image), Finding (121071) = (21594007, SCT, "Malignant") /
+     (30807003, SCT, "Benign") (other class names: 99MAMMOXAI codes), NUM
+     (111047, DCM, "Probability of cancer") in UCUM ``%`` (what Stone shows;
+     OHIF prints it in the region's label), the other classes' probabilities
+     (``%``), the domain check (score and threshold, unit ``1``; coded verdict
+     in / out of domain / "domain not checked") and the calibration state, the
+     model as TID 4019 Algorithm Identification (name, version, family (123110,
+     DCM, "Artificial Intelligence"), parameters ``architecture=…``,
+     ``checkpoint_sha256=…``: IHE AIR), finding site (76752008, SCT,
+     "Breast") with laterality. With ``prediction_withheld`` the finding and
+     the probabilities are left out and the verdict says why.
+  2. per hot region of each explainer (hottest first), one group: the region's
+     closed polygon, finding type MXAI-HOTREGION, Measurement Method = the
+     method's code, its TID 4019 (name, version, one parameter per
+     ``key=value``), tracking identifier "<method> region k". NUMs in the
+     order OHIF prints them (it shows the first five, "meaning: value unit"):
+     the method's share of attribution in this region (``MXAI-RS-<code>``,
+     meaning "<method> attribution in region", ``%``: so the label names the
+     method), then, in the method's *first* region only (one home per fact),
+     the method's quality figures (MXAI-Q-*, unit ``1``) and computation time
+     (``s``), then the region's peak and mean normalised attribution (``1``).
 
-* Qualitative Evaluations container (C0034375, UMLS): one TEXT
-  (MXAI-EXPLFAIL) per failed method ("method: reason") and a (121106, DCM,
+* Qualitative Evaluations container (C0034375, UMLS): per failed method a TEXT
+  (MXAI-EXPLFAIL) "method: reason"; per map that is not informative a TEXT
+  (MXAI-NOINFO) "method: reason" (such a map has no region); per map caution a
+  TEXT (MXAI-CAUTION); a TEXT (MXAI-PREDCAUT) caution when the image is out of
+  domain or the probabilities are not calibrated; and a (121106, DCM,
   "Comment") saying the report is not for diagnostic use.
 
+Every CONTAINER is SEPARATE (Continuity of Content), so text renderings
+(``dsr2html``, PACS SR views) print each item's concept name with its value.
 Completion Flag COMPLETE, Verification Flag UNVERIFIED (nobody verified an AI
 result). Contributing Equipment: the model (IHE AIR, see provenance).
+The regions are deliberately not OHIF-*rehydratable* (editable measurements):
+see docs/viewer.md.
 """
 
 from __future__ import annotations
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes as dcodes
 
 from ..config.settings import OutputSettings
 from . import codes
+from .identity import OutputIdentity
 from .mammogram import Mammogram
 from .provenance import contributing_equipment, copied_names_quietly, device_uid, finish
 from .regions import HotRegion
 from .render import DISCLAIMER
 from .results import AlgorithmInfo, ImageResult, MethodMap
-from .series import series_info
 from .write_errors import DicomWriteError
 
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 SECONDS = CodedConcept(*dcodes.UCUM.Second)
+PERCENT = CodedConcept("%", "UCUM", "Percent")
 COMPUTATION_TIME = codes.private("MXAI-SECONDS", "Computation time")
+#: (111047, DCM, "Probability of cancer"): the concept Orthanc Stone shows with a region (in UCUM %).
+PROBABILITY_OF_CANCER = CodedConcept("111047", "DCM", "Probability of cancer")
+#: Concept of the IMAGE item under a region's SCOORD: Stone draws only regions whose image is "Original Source".
+ORIGINAL_SOURCE = CodedConcept("111040", "DCM", "Original Source")
+COMMENT = CodedConcept(*dcodes.DCM.Comment)
 
 
 def _observer(algorithm: AlgorithmInfo, manufacturer: str) -> hd.sr.ObservationContext:
@@ -83,62 +114,123 @@ def _finding_sites(mammogram: Mammogram) -> list[hd.sr.FindingSite]:
 
 
 def _num(name: CodedConcept, value: float, unit: CodedConcept = codes.UNITLESS) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+    """A NUM; percentages rounded to 0.01 %, other values to 4 decimals (the float noise of 100 × p
+    would otherwise be printed as 17.0000000000000 %)."""
+    digits = 2 if unit == PERCENT else 4
+    return hd.sr.Measurement(name=name, value=round(float(value), digits), unit=unit)
 
 
-def classification_group(mammogram: Mammogram, result: ImageResult, output: OutputSettings
-                         ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The image-level TID 1501 group with the prediction (see the module docstring)."""
-    source = mammogram.dataset
-    measurements = [_num(codes.PROBABILITY_OF_MALIGNANCY, result.malignancy_probability)]
-    for name, p in zip(result.class_names, result.probabilities):
-        if name != result.positive_class:
-            measurements.append(_num(codes.class_probability_code(name), p))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="mammoxai classification"),
+def _finite(value: object) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))   # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def image_border(mammogram: Mammogram) -> np.ndarray:
+    """The closed polyline along the border of the image's pixel matrix, SCOORD pixel coordinates.
+
+    Six points (a corner-to-corner rectangle with the middle of the top edge as an extra vertex), so that
+    OHIF does not take the whole-image region for an editable rectangle measurement (see docs/viewer.md).
+    """
+    rows, cols = float(mammogram.dataset.Rows), float(mammogram.dataset.Columns)
+    return np.array([[0.0, 0.0], [cols / 2, 0.0], [cols, 0.0], [cols, rows], [0.0, rows], [0.0, 0.0]])
+
+
+def region_outline(polygon: np.ndarray) -> np.ndarray:
+    """A region's closed polygon as written: a 4- or 5-point polygon gets the midpoint of its first edge
+    inserted (same outline), so OHIF does not mistake it for an axis-aligned rectangle measurement."""
+    points = np.asarray(polygon, dtype=float)
+    if len(points) in (4, 5):
+        points = np.vstack([points[:1], (points[:1] + points[1:2]) / 2.0, points[1:]])
+    return points
+
+
+def _image_region(mammogram: Mammogram, polyline: np.ndarray) -> hd.sr.ImageRegion:
+    """SCOORD (111030) POLYLINE with its one IMAGE item (111040, DCM, "Original Source") → the source image."""
+    source_image = hd.sr.SourceImageForRegion.from_source_image(mammogram.dataset)
+    source_image.ConceptNameCodeSequence = [ORIGINAL_SOURCE]
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polyline,
+                             source_image=source_image)
+
+
+def _domain_items(result: ImageResult) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """The domain check (score, threshold, coded verdict) and calibration state of the classification group."""
+    measurements: list[hd.sr.Measurement] = []
+    domain = result.domain
+    if domain is None:
+        verdict = codes.DOMAIN_NOT_CHECKED
+    else:
+        if _finite(domain.score):
+            measurements.append(_num(codes.DOMAIN_SCORE, domain.score))
+        if _finite(domain.threshold):
+            measurements.append(_num(codes.DOMAIN_THRESHOLD, domain.threshold))
+        verdict = codes.IN_DOMAIN if domain.in_domain else codes.OUT_OF_DOMAIN
+    evaluations = [hd.sr.QualitativeEvaluation(codes.DOMAIN_CHECK, verdict),
+                   hd.sr.QualitativeEvaluation(codes.CALIBRATION,
+                                               codes.CALIBRATED if result.calibrated else codes.NOT_CALIBRATED)]
+    return measurements, evaluations
+
+
+def classification_group(mammogram: Mammogram, result: ImageResult, output: OutputSettings, *,
+                         identity: OutputIdentity, tracking: tuple[str, str] | None = None,
+                         breast_max: bool = False) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The whole-image TID 1410 group with the prediction (see the module docstring); ``identity``: the SR's.
+
+    ``tracking``: (identifier, UID) instead of "mammoxai classification"; ``breast_max``: add
+    MXAI-BREASTMAX (this view has its breast's highest probability; study summary).
+    """
+    measurements: list[hd.sr.Measurement] = []
+    finding = None
+    if not result.prediction_withheld:
+        finding = codes.class_code(result.predicted_class)
+        measurements.append(_num(PROBABILITY_OF_CANCER, 100.0 * result.malignancy_probability, PERCENT))
+        if breast_max:
+            measurements.append(_num(codes.BREAST_MAX_PROBABILITY, 100.0 * result.malignancy_probability, PERCENT))
+        for name, p in zip(result.class_names, result.probabilities):
+            if name != result.positive_class:
+                measurements.append(_num(codes.class_probability_code(name), 100.0 * p, PERCENT))
+    domain_nums, evaluations = _domain_items(result)
+    if result.prediction_withheld:
+        evaluations.insert(0, hd.sr.QualitativeEvaluation(codes.FINDING, codes.PREDICTION_WITHHELD))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[1], identifier=tracking[0]) if tracking else
+        hd.sr.TrackingIdentifier(uid=identity.uid("classification"), identifier="mammoxai classification"),
+        referenced_region=_image_region(mammogram, image_border(mammogram)),
+        finding_type=finding,
         algorithm_id=model_algorithm_id(result.algorithm, output.manufacturer),
         finding_sites=_finding_sites(mammogram),
-        measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.FINDING, codes.class_code(result.predicted_class))],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        measurements=measurements + domain_nums,
+        qualitative_evaluations=evaluations,
     )
 
 
-def method_group(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, output: OutputSettings
-                 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The image-level TID 1501 group of one explainer: method, parameters, time, quality scores."""
-    measurements = [_num(COMPUTATION_TIME, method_map.seconds, SECONDS)]
-    for key, value in method_map.quality.items():
-        if value is not None and float(value) == float(value):   # skip NaN
-            measurements.append(_num(codes.quality_code(key), value))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{method_map.display_name} map"),
-        method=codes.method_code(method_map.method, method_map.display_name),
-        algorithm_id=method_algorithm_id(method_map, result.algorithm.software_version, output.manufacturer),
-        finding_sites=_finding_sites(mammogram),
-        measurements=measurements,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(mammogram.dataset)],
-    )
+def method_measurements(method_map: MethodMap) -> list[hd.sr.Measurement]:
+    """A method's own figures: its quality scores (MXAI-Q-*, unit ``1``, NaN skipped) and computation time."""
+    measurements = [_num(codes.quality_code(key), value) for key, value in method_map.quality.items()
+                    if _finite(value)]
+    return measurements + [_num(COMPUTATION_TIME, method_map.seconds, SECONDS)]
 
 
 def region_group(mammogram: Mammogram, method_map: MethodMap, region: HotRegion, index: int,
-                 result: ImageResult, output: OutputSettings
+                 result: ImageResult, output: OutputSettings, *, identity: OutputIdentity
                  ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The TID 1410 planar ROI of one hot region (closed SCOORD POLYLINE on the source image)."""
-    region_ref = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=region.polygon.astype(float),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(mammogram.dataset))
+    """The TID 1410 planar ROI of one hot region; region 1 also carries the method's own figures."""
+    measurements = [_num(codes.region_share_code(method_map), 100.0 * region.mass_fraction, PERCENT)]
+    if index == 1:
+        measurements += method_measurements(method_map)
+    measurements += [_num(codes.REGION_PEAK, region.peak), _num(codes.REGION_MEAN, region.mean)]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=f"{method_map.display_name} region {index}"),
-        referenced_region=region_ref,
+            uid=identity.uid("region", method_map.method, index),
+            identifier=f"{method_map.display_name} region {index}"),
+        referenced_region=_image_region(mammogram, region_outline(region.polygon)),
         finding_type=codes.HOT_REGION,
-        method=codes.method_code(method_map.method, method_map.display_name),
+        method=codes.method_code(method_map),
         algorithm_id=method_algorithm_id(method_map, result.algorithm.software_version, output.manufacturer),
-        finding_sites=_finding_sites(mammogram),
-        measurements=[_num(codes.REGION_PEAK, region.peak), _num(codes.REGION_MEAN, region.mean),
-                      _num(codes.REGION_MASS, region.mass_fraction)],
+        # no finding site here: the classification group has it (breast, laterality), and OHIF would print
+        # it as a sixth label line "363698007: Breast" under every region
+        measurements=measurements,
     )
 
 
@@ -147,30 +239,50 @@ def _text_item(name: CodedConcept, value: str) -> hd.sr.TextContentItem:
                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
-def _add_evaluations(report: hd.sr.MeasurementReport, failures: dict[str, str], notes: list[str],
-                     cautions: dict[str, str] | None = None) -> None:
-    """Append the TID 1500 Qualitative Evaluations container (failures and map cautions as TEXT, the disclaimer)."""
+def domain_caution(result: ImageResult) -> str:
+    """The reader's caution about the prediction itself ("" when none): out of domain, withheld, uncalibrated."""
+    parts = []
+    domain = result.domain
+    if domain is not None and not domain.in_domain:
+        parts.append(f"image out of the model's domain ({domain.score_name} {domain.score:.3g} > "
+                     f"threshold {domain.threshold:.3g}"
+                     + (f"; {'; '.join(domain.reasons)}" if domain.reasons else "") + ")")
+    if result.prediction_withheld:
+        parts.append("prediction withheld")
+    if not result.calibrated and not result.prediction_withheld:
+        parts.append("probabilities not calibrated")
+    return "; ".join(parts)
+
+
+def _add_evaluations(report: hd.sr.MeasurementReport, items: list[hd.sr.TextContentItem]) -> None:
+    """Append the TID 1500 Qualitative Evaluations container with ``items``."""
     container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    items = [_text_item(codes.EXPLANATION_FAILED, f"{method}: {reason}") for method, reason in failures.items()]
-    items += [_text_item(codes.EXPLANATION_CAUTION, f"{method}: {text}") for method, text in (cautions or {}).items()]
-    items += [_text_item(CodedConcept(*dcodes.DCM.Comment), note) for note in notes]
     container.ContentSequence = hd.sr.ContentSequence(items)
     report[0].ContentSequence.append(container)
 
 
+def _separate(items) -> None:
+    """Continuity of Content SEPARATE on every CONTAINER of a content tree (text views print concept names)."""
+    for item in items:
+        if getattr(item, "ValueType", None) == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        if "ContentSequence" in item:
+            _separate(item.ContentSequence)
+
+
 def _sr_dataset(mammograms: list[Mammogram], report: hd.sr.MeasurementReport, result: ImageResult,
-                output: OutputSettings, kind: str) -> hd.sr.Comprehensive3DSR:
+                output: OutputSettings, identity: OutputIdentity) -> hd.sr.ComprehensiveSR:
     source = mammograms[0].dataset
-    series = series_info(mammograms[0].study_instance_uid, kind, output.series_number_base)
+    _separate(report)
     with copied_names_quietly():
-        sr = hd.sr.Comprehensive3DSR(
+        sr = hd.sr.ComprehensiveSR(
             evidence=[m.dataset for m in mammograms],
             content=report,
-            series_instance_uid=series.series_instance_uid,
-            series_number=series.series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
+            series_instance_uid=identity.series_instance_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
             manufacturer=output.manufacturer,
             is_complete=True,
             is_final=False,
@@ -178,42 +290,59 @@ def _sr_dataset(mammograms: list[Mammogram], report: hd.sr.MeasurementReport, re
             institution_name=output.institution_name,
             contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
                                                            output.institution_name)],
-            series_description=series.series_description,
+            series_description=identity.series_description,
         )
     return finish(sr, source, private_scheme=True)
 
 
-def write_sr(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
-             regions: dict[str, list[HotRegion]]) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report of one image; ``regions`` maps method → its hot regions (stored grid)."""
-    groups: list = [classification_group(mammogram, result, output)]
-    for method_map in result.maps:
-        groups.append(method_group(mammogram, method_map, result, output))
-        for k, region in enumerate(regions.get(method_map.method, []), start=1):
-            groups.append(region_group(mammogram, method_map, region, k, result, output))
-    report = hd.sr.MeasurementReport(
-        observation_context=_observer(result.algorithm, output.manufacturer),
+def _report(groups: list, algorithm: AlgorithmInfo, output: OutputSettings) -> hd.sr.MeasurementReport:
+    return hd.sr.MeasurementReport(
+        observation_context=_observer(algorithm, output.manufacturer),
         procedure_reported=codes.MAMMOGRAPHY,
         imaging_measurements=groups,
         title=dcodes.cid7021.ImagingMeasurementReport,
     )
-    _add_evaluations(report, dict(result.failures), [
-        f"{DISCLAIMER}: automatic result of {result.algorithm.name} {result.algorithm.version}, "
-        "not verified by a physician. Hot regions show where the explanation method attributes the "
-        "model's output; they are not lesion outlines."],
-        {m.display_name: m.caution for m in result.maps if m.caution})
-    return _sr_dataset([mammogram], report, result, output, "sr")
+
+
+def write_sr(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
+             regions: dict[str, list[HotRegion]], *, identity: OutputIdentity) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 report of one image; ``regions`` maps method → its hot regions (stored grid);
+    ``identity``: the SR's UIDs and series. Every method of ``result.maps`` is recorded: drawn as
+    its regions, or, when its map is not informative or has no region, as a TEXT saying so."""
+    groups: list = [classification_group(mammogram, result, output, identity=identity)]
+    texts = [_text_item(codes.EXPLANATION_FAILED, f"{method}: {reason}") for method, reason in result.failures.items()]
+    for method_map in result.maps:
+        method_regions = [] if method_map.not_informative else regions.get(method_map.method, [])
+        for k, region in enumerate(method_regions, start=1):
+            groups.append(region_group(mammogram, method_map, region, k, result, output, identity=identity))
+        if method_map.not_informative:
+            texts.append(_text_item(codes.MAP_NOT_INFORMATIVE,
+                                    f"{method_map.display_name}: {method_map.not_informative}"))
+        elif not method_regions:
+            texts.append(_text_item(codes.MAP_NOT_INFORMATIVE,
+                                    f"{method_map.display_name}: no hot region (no positive attribution)"))
+        if method_map.caution:
+            texts.append(_text_item(codes.EXPLANATION_CAUTION, f"{method_map.display_name}: {method_map.caution}"))
+    caution = domain_caution(result)
+    if caution:
+        texts.append(_text_item(codes.PREDICTION_CAUTION, caution))
+    texts.append(_text_item(COMMENT, f"{DISCLAIMER}: automatic result of {result.algorithm.name} "
+                            f"{result.algorithm.version}, not verified by a physician. Hot regions show where "
+                            "the explanation method attributes the model's output; they are not lesion outlines."))
+    report = _report(groups, result.algorithm, output)
+    _add_evaluations(report, texts)
+    return _sr_dataset([mammogram], report, result, output, identity)
 
 
 def write_summary_sr(mammograms: list[Mammogram], results: list[ImageResult],
-                     output: OutputSettings) -> hd.sr.Comprehensive3DSR:
-    """The study summary: per breast, the highest probability of malignancy across its views.
+                     output: OutputSettings, *, identity: OutputIdentity) -> hd.sr.ComprehensiveSR:
+    """The study summary: one whole-image TID 1410 group per view, breast by breast (left, right, unknown).
 
-    One TID 1501 group per breast (finding site Breast + laterality) with
-    MXAI-BREASTMAX (unit ``1``), the qualitative evaluation of that view's
-    predicted class, and the views it was taken from as source images; one
-    more group per image with its own probability. Images without laterality
-    are grouped as breast "unknown" (finding site without laterality).
+    ``identity``: the summary's UIDs and series (:func:`mammoxai.dicom_io.identity.summary_identity`).
+    Each group is the view's classification group (as in the per-image report), tracking identifier
+    "mammoxai <laterality> <view>"; the view with the highest probability of malignancy of its breast
+    also carries MXAI-BREASTMAX (``%``). A caution TEXT (MXAI-PREDCAUT) names every view that is out of
+    the model's domain, or whose prediction was withheld.
     """
     if not mammograms or len(mammograms) != len(results):
         raise DicomWriteError(f"study summary needs one result per image: {len(mammograms)} images, "
@@ -225,38 +354,22 @@ def write_summary_sr(mammograms: list[Mammogram], results: list[ImageResult],
     for i, m in enumerate(mammograms):
         by_breast.setdefault(m.laterality if m.laterality in ("L", "R") else None, []).append(i)
     groups: list = []
-    algorithm = results[0].algorithm
     for laterality, indices in sorted(by_breast.items(), key=lambda kv: kv[0] or "Z"):
-        best = max(indices, key=lambda i: results[i].malignancy_probability)
-        label = {"L": "left breast", "R": "right breast"}.get(laterality or "", "breast (laterality unknown)")
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"mammoxai {label}"),
-            algorithm_id=model_algorithm_id(algorithm, output.manufacturer),
-            finding_sites=[hd.sr.FindingSite(anatomic_location=codes.BREAST,
-                                             laterality=codes.laterality_code(laterality))],
-            measurements=[_num(codes.BREAST_MAX_PROBABILITY, results[best].malignancy_probability)],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                codes.FINDING, codes.class_code(results[best].predicted_class))],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(mammograms[i].dataset)
-                           for i in indices],
-        ))
-    for m, r in zip(mammograms, results):
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=hd.UID(), identifier=f"mammoxai {' '.join(v for v in (m.laterality, m.view) if v) or 'image'}"),
-            algorithm_id=model_algorithm_id(r.algorithm, output.manufacturer),
-            finding_sites=_finding_sites(m),
-            measurements=[_num(codes.PROBABILITY_OF_MALIGNANCY, r.malignancy_probability)],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.FINDING, codes.class_code(r.predicted_class))],
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(m.dataset)],
-        ))
-    report = hd.sr.MeasurementReport(
-        observation_context=_observer(algorithm, output.manufacturer),
-        procedure_reported=codes.MAMMOGRAPHY,
-        imaging_measurements=groups,
-        title=dcodes.cid7021.ImagingMeasurementReport,
-    )
-    failures = {f"{m.laterality or ''} {m.view or ''} {method}".strip(): reason
-                for m, r in zip(mammograms, results) for method, reason in r.failures.items()}
-    _add_evaluations(report, failures, [f"{DISCLAIMER}: automatic study summary, not verified by a physician."])
-    return _sr_dataset(mammograms, report, results[0], output, "summary")
+        shown = [i for i in indices if not results[i].prediction_withheld]
+        best = max(shown, key=lambda i: results[i].malignancy_probability) if shown else None
+        for i in indices:
+            m = mammograms[i]
+            name = f"mammoxai {' '.join(v for v in (m.laterality, m.view) if v) or 'image'}"
+            groups.append(classification_group(m, results[i], output, identity=identity, breast_max=i == best,
+                                               tracking=(name, identity.uid("image", m.sop_instance_uid))))
+    texts = [_text_item(codes.EXPLANATION_FAILED, f"{m.laterality or ''} {m.view or ''} {method}: {reason}".strip())
+             for m, r in zip(mammograms, results) for method, reason in r.failures.items()]
+    flagged = [f"{' '.join(v for v in (m.laterality, m.view) if v) or m.sop_instance_uid}: {domain_caution(r)}"
+               for m, r in zip(mammograms, results)
+               if (r.domain is not None and not r.domain.in_domain) or r.prediction_withheld]
+    if flagged:
+        texts.append(_text_item(codes.PREDICTION_CAUTION, "out of the model's domain - " + "; ".join(flagged)))
+    texts.append(_text_item(COMMENT, f"{DISCLAIMER}: automatic study summary, not verified by a physician."))
+    report = _report(groups, results[0].algorithm, output)
+    _add_evaluations(report, texts)
+    return _sr_dataset(mammograms, report, results[0], output, identity)

@@ -86,7 +86,7 @@ def write_phantom_dicom(
     series_instance_uid: str | None = None,
     photometric: Literal["MONOCHROME2", "MONOCHROME1"] = "MONOCHROME2",
     voi: VoiSpec = "auto",
-    voi_function: Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"] = "LINEAR",
+    voi_function: Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"] | None = "LINEAR",
     transfer_syntax: str | UID = ExplicitVRLittleEndian,
     pixel_spacing_mm: float = 0.1,
     presentation_intent: Literal["FOR PRESENTATION", "FOR PROCESSING"] = "FOR PRESENTATION",
@@ -109,6 +109,9 @@ def write_phantom_dicom(
       list of them (Window Center/Width, multi-valued, with ``voi_function``); a 1-D array of
       2**bits_stored entries (VOI LUT Sequence, first mapped value 0, 16-bit entries); None = no
       VOI (only allowed FOR PROCESSING).
+    * ``voi_function``: VOI LUT Function (0028,1056) of the window(s); None leaves the attribute out,
+      which means LINEAR (PS3.3 C.11.2.1.2). OHIF 3.13 / cornerstone3D cannot read the attribute
+      (cornerstone3D issue #2844: "Invalid VOI LUT function"), so images meant for that viewer omit it.
     * ``transfer_syntax``: one of :data:`WRITABLE_TRANSFER_SYNTAXES` (JPEG 2000 lossy uses
       ``lossy_ratio`` and sets Lossy Image Compression "01").
     * ``patient_orientation``: override the conventional Patient Orientation (the pixels are
@@ -261,13 +264,14 @@ def write_phantom_dicom(
             if not windows:
                 raise ValueError("voi: empty list of windows")
             if inverse:
-                shift = 1.0 if voi_function == "LINEAR" else 0.0
+                shift = 1.0 if voi_function in ("LINEAR", None) else 0.0
                 windows = [(max_value - c + shift, w) for c, w in windows]
             ds.WindowCenter = [_ds_str(c) for c, _ in windows] if len(windows) > 1 else _ds_str(windows[0][0])
             ds.WindowWidth = [_ds_str(w) for _, w in windows] if len(windows) > 1 else _ds_str(windows[0][1])
             ds.WindowCenterWidthExplanation = [f"window {i + 1}" for i in range(len(windows))] \
                 if len(windows) > 1 else "synthetic window"
-            ds.VOILUTFunction = voi_function
+            if voi_function is not None:
+                ds.VOILUTFunction = voi_function
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
 
     if ts in (RLELossless, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000):

@@ -6,11 +6,14 @@ from .base import (
     ExplainerNotApplicable,
     ExplainerTimeout,
     Explanation,
+    MethodRecord,
     RunResult,
     available,
     check_budget,
     create,
     explainer_class,
+    method_record,
+    method_records,
     register,
     run_explainers,
     shared_cache,
@@ -22,6 +25,6 @@ from .base import (
 from . import _families  # noqa: E402,F401
 
 __all__ = [
-    "Explainer", "ExplainerError", "ExplainerNotApplicable", "ExplainerTimeout", "check_budget", "time_budget", "Explanation", "RunResult", "available",
+    "Explainer", "ExplainerError", "ExplainerNotApplicable", "ExplainerTimeout", "check_budget", "time_budget", "Explanation", "MethodRecord", "RunResult", "available", "method_record", "method_records",
     "create", "explainer_class", "register", "run_explainers", "shared_cache", "shared_passes",
 ]

@@ -15,17 +15,27 @@ from torch import nn
 
 from ._blur import gaussian_blur  # noqa: F401 - re-exported for the perturbation tests
 
-SCORES = ("logit", "probability")
+SCORES = ("logit", "probability", "log_odds")
 
 
 def target_scores(logits: torch.Tensor, target: int | torch.Tensor, score: str) -> torch.Tensor:
     """The ``(K,)`` score of class ``target`` from ``(K, classes)`` logits, as float32.
 
-    ``score`` is ``"logit"`` (the raw output) or ``"probability"`` (softmax over classes).
+    ``score`` is ``"logit"`` (the raw output), ``"probability"`` (softmax over classes) or ``"log_odds"``
+    (``log p_t − log(1 − p_t)`` = ``logit_t − logsumexp(other logits)``, computed from the logits so it
+    never saturates; for two classes the logit difference).
     """
     logits = logits.float()
     if score == "probability":
         logits = logits.softmax(dim=1)
+    elif score == "log_odds":
+        if logits.shape[1] < 2:
+            raise ValueError("score 'log_odds' needs at least two classes")
+        t = (target.view(-1, 1).to(logits.device) if isinstance(target, torch.Tensor) and target.ndim == 1
+             else torch.full((logits.shape[0], 1), int(target), device=logits.device))
+        own = logits.gather(1, t)
+        others = logits.scatter(1, t, float("-inf")).logsumexp(dim=1, keepdim=True)
+        return (own - others).squeeze(1)
     elif score != "logit":
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if isinstance(target, torch.Tensor) and target.ndim == 1:

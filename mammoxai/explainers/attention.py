@@ -297,6 +297,8 @@ class AttentionRollout(_AttentionExplainer):
 
     name = "attention_rollout"
     display_name = "Attention rollout"
+    code = "ATTRO"
+    series_slot = 19
     defaults = {"head_fusion": "mean", "discard_ratio": 0.0}
 
     def _validate(self) -> None:
@@ -331,6 +333,8 @@ class AttentionLast(_AttentionExplainer):
 
     name = "attention_last"
     display_name = "Last-block attention"
+    code = "ATTLAST"
+    series_slot = 24
     defaults = {"head_fusion": "mean"}
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,12 @@ class Explanation:
 class Explainer(ABC):
     """Base class: subclasses set ``name``, ``display_name``, ``defaults`` and override ``_attribute``.
 
+    The class is the method's one record (:class:`MethodRecord`, :func:`method_record`): ``name``
+    (registry name), ``display_name``, ``code`` (suffix of its 99MAMMOXAI code ``MXAI-M-<code>``,
+    at most 9 of ``A-Z0-9``), ``series_slot`` (its SC overlay series is ``series_number_base + 10 +
+    slot``; unique, 0..79), ``signed`` and ``family``. Shipped methods must set all of them
+    (tests/test_method_records.py); the pipeline hands them to ``dicom_io`` as plain data on each map.
+
     Parameters are validated at construction: an unknown key or a value of the
     wrong type raises ``ValueError`` naming the method and the allowed keys.
     Common parameters: ``seed`` (each explainer owns its generator),
@@ -65,6 +71,8 @@ class Explainer(ABC):
 
     name: ClassVar[str]
     display_name: ClassVar[str]
+    code: ClassVar[str] = ""
+    series_slot: ClassVar[int | None] = None
     signed: ClassVar[bool] = False
     family: ClassVar[str] = "other"
     defaults: ClassVar[Mapping[str, Any]] = {}
@@ -170,6 +178,34 @@ def explainer_class(name: str) -> type[Explainer]:
         raise ValueError(f"unknown explainer {name!r} (available: {', '.join(available())})") from None
 
 
+@dataclass(frozen=True)
+class MethodRecord:
+    """What identifies an explanation method outside the explainer: plain data, no torch.
+
+    ``code``: suffix of the 99MAMMOXAI code (``MXAI-M-<code>``), "" when the class sets none;
+    ``series_slot``: the method's SC series offset (``None``: none); see :class:`Explainer`.
+    """
+
+    name: str
+    display_name: str
+    code: str
+    series_slot: int | None
+    signed: bool
+    family: str
+
+
+def method_record(name: str) -> MethodRecord:
+    """The record of the explainer registered as ``name`` (``ValueError`` if unknown)."""
+    cls = explainer_class(name)
+    return MethodRecord(name=cls.name, display_name=cls.display_name, code=cls.code,
+                        series_slot=cls.series_slot, signed=bool(cls.signed), family=cls.family)
+
+
+def method_records() -> dict[str, MethodRecord]:
+    """The record of every registered explainer, by name."""
+    return {name: method_record(name) for name in available()}
+
+
 def create(name: str, **params: Any) -> Explainer:
     """Build the explainer registered as ``name`` with ``params``."""
     return explainer_class(name)(**params)
@@ -202,6 +238,8 @@ def shared_cache() -> dict[Any, Any] | None:
 # --- per-explainer time budgets ----------------------------------------------------------------
 
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("mammoxai_deadline", default=None)
+#: the budget (s) behind ``_DEADLINE``, for the reason a cut method reports
+_BUDGET_S: contextvars.ContextVar[float | None] = contextvars.ContextVar("mammoxai_budget_s", default=None)
 
 
 class ExplainerTimeout(ExplainerError):
@@ -212,9 +250,11 @@ class ExplainerTimeout(ExplainerError):
 def time_budget(seconds: float | None) -> Iterator[None]:
     """Within this context, :func:`check_budget` raises once ``seconds`` have passed."""
     token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    budget_token = _BUDGET_S.set(seconds)
     try:
         yield
     finally:
+        _BUDGET_S.reset(budget_token)
         _DEADLINE.reset(token)
 
 
@@ -222,7 +262,8 @@ def check_budget(method: str) -> None:
     """Called between chunks by methods that loop (sampled, perturbation, iterative attacks)."""
     deadline = _DEADLINE.get()
     if deadline is not None and time.monotonic() > deadline:
-        raise ExplainerTimeout(method, "time budget exceeded (explainers.time_budget_s)")
+        raise ExplainerTimeout(method, f"cut: exceeded time budget of {_BUDGET_S.get():g} s "
+                                       "(explainers.time_budget_s)")
 
 
 @dataclass

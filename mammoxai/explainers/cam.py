@@ -160,6 +160,8 @@ class GradCAM(_GradCamFamily):
 
     name = "gradcam"
     display_name = "Grad-CAM"
+    code = "GCAM"
+    series_slot = 6
 
     def _weighted(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         weights = gradients.mean(dim=(2, 3), keepdim=True)
@@ -172,6 +174,8 @@ class GradCAMPlusPlus(_GradCamFamily):
 
     name = "gradcam_pp"
     display_name = "Grad-CAM++"
+    code = "GCAMPP"
+    series_slot = 7
 
     def _weighted(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         g2 = gradients ** 2
@@ -189,6 +193,8 @@ class HiResCAM(_GradCamFamily):
 
     name = "hirescam"
     display_name = "HiResCAM"
+    code = "HRCAM"
+    series_slot = 8
 
     def _weighted(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return (gradients * activations).sum(dim=1)
@@ -200,6 +206,8 @@ class XGradCAM(_GradCamFamily):
 
     name = "xgradcam"
     display_name = "XGrad-CAM"
+    code = "XGCAM"
+    series_slot = 9
 
     def _weighted(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         sum_act = activations.sum(dim=(2, 3), keepdim=True)
@@ -213,6 +221,8 @@ class LayerCAM(_GradCamFamily):
 
     name = "layercam"
     display_name = "Layer-CAM"
+    code = "LCAM"
+    series_slot = 10
 
     def _weighted(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return (gradients.clamp(min=0) * activations).sum(dim=1)
@@ -224,6 +234,8 @@ class GuidedGradCAM(_GradCamFamily):
 
     name = "guided_gradcam"
     display_name = "Guided Grad-CAM"
+    code = "GGCAM"
+    series_slot = 13
     signed = True
 
     def check_applicable(self, model: nn.Module) -> None:
@@ -249,6 +261,8 @@ class EigenCAM(_CamExplainer):
 
     name = "eigencam"
     display_name = "Eigen-CAM"
+    code = "ECAM"
+    series_slot = 12
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         acts = self._pass(model, batch, None).activations
@@ -272,6 +286,8 @@ class ScoreCAM(_CamExplainer):
 
     name = "scorecam"
     display_name = "Score-CAM"
+    code = "SCAM"
+    series_slot = 11
 
     def _validate(self) -> None:
         if self.params["batch_size"] < 1:
@@ -310,6 +326,8 @@ class CAM(_CamExplainer):
 
     name = "cam"
     display_name = "CAM"
+    code = "CAM"
+    series_slot = 20
     defaults: ClassVar[Mapping[str, Any]] = {}
 
     @staticmethod

@@ -25,7 +25,8 @@ from torch import nn
 
 from ._blur import gaussian_blur
 from ._grad_hooks import has_activation, modified_backward
-from .base import Explainer, ExplainerNotApplicable, register
+from ._stability import AdaptiveRun, run_adaptive
+from .base import Explainer, ExplainerNotApplicable, check_budget, register
 
 __all__ = [
     "Saliency", "GradientXInput", "IntegratedGradients", "SmoothGrad", "SmoothGradSquared", "VarGrad",
@@ -88,6 +89,33 @@ def integration_rule(method: str, steps: int) -> tuple[list[float], list[float]]
     return [(i + offsets[method]) / steps for i in range(steps)], [1 / steps] * steps
 
 
+def completeness_error(attributions: torch.Tensor, difference: torch.Tensor) -> list[float]:
+    """Per image ``|Σ attribution − (f(x) − f(x'))| / |f(x) − f(x')|`` (0 = the map adds up exactly).
+
+    ``attributions`` is ``(N, …)``, ``difference`` the ``(N,)`` score differences; NaN where the
+    difference is 0 (nothing to add up to).
+    """
+    total = attributions.reshape(attributions.shape[0], -1).double().sum(dim=1)
+    diff = difference.detach().double().reshape(-1).to(total.device)
+    err = (total - diff).abs() / diff.abs()
+    return [float(v) if float(d) != 0 else float("nan") for v, d in zip(err, diff)]
+
+
+def _check_sampling(method: str, params: dict[str, Any]) -> None:
+    if not 0 <= params["stability_target"] < 1:
+        raise ValueError(f"explainer {method!r}: stability_target must be in [0, 1) (0: no adaptive sampling)")
+    if params["max_samples"] < 2:
+        raise ValueError(f"explainer {method!r}: max_samples must be >= 2")
+
+
+def sampling_extras(runs: list[AdaptiveRun]) -> dict[str, Any]:
+    """``extras`` entries of a sampled method: per image ``stability``, ``samples_used``, ``sampling_stopped``."""
+    if not runs:
+        return {}
+    return {"stability": [r.stability for r in runs], "samples_used": [r.samples for r in runs],
+            "sampling_stopped": [r.stopped for r in runs]}
+
+
 def _signed_map(attr: torch.Tensor) -> torch.Tensor:
     return attr.sum(dim=1)
 
@@ -102,6 +130,8 @@ class Saliency(_GradientExplainer):
 
     name = "saliency"
     display_name = "Saliency (vanilla gradient)"
+    code = "SAL"
+    series_slot = 0
     signed = False
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -113,7 +143,9 @@ class GradientXInput(_GradientExplainer):
     """Gradient × input (Shrikumar et al. 2016), summed over channels."""
 
     name = "gradient_x_input"
-    display_name = "Gradient × Input"
+    display_name = "Gradient x Input"
+    code = "GXI"
+    series_slot = 1
     signed = True
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -139,58 +171,99 @@ class IntegratedGradients(_BaselineMixin, _GradientExplainer):
     ``method`` picks the quadrature (captum's default ``"gausslegendre"``, or a
     Riemann rule); ``steps`` points per image, evaluated ``batch_size`` at a
     time. ``extras["convergence_delta"]`` holds, per image (a list of floats),
-    ``Σ attribution − (f(x) − f(x'))`` (completeness gap).
+    ``Σ attribution − (f(x) − f(x'))`` (completeness gap), and ``extras["completeness_error"]`` the
+    gap relative to ``|f(x) − f(x')|`` (:func:`completeness_error`).
     """
 
     name = "integrated_gradients"
     display_name = "Integrated Gradients"
+    code = "IG"
+    series_slot = 2
     signed = True
     defaults: ClassVar[Mapping[str, Any]] = {"steps": 32, "baseline": "black", "method": "gausslegendre",
-                                             "blur_sigma": 8.0}
+                                             "blur_sigma": 8.0, "completeness_target": 0.0, "max_steps": 512}
 
     def _validate(self) -> None:
         self._check_baseline()
         if self.params["steps"] < 2:
             raise ValueError(f"explainer {self.name!r}: steps must be >= 2")
+        if not 0 <= self.params["completeness_target"] < 1:
+            raise ValueError(f"explainer {self.name!r}: completeness_target must be in [0, 1) (0: fixed steps)")
+        if self.params["max_steps"] < self.params["steps"]:
+            raise ValueError(f"explainer {self.name!r}: max_steps must be >= steps")
+        self._steps_used: list[int] = []
         if self.params["method"] not in IG_METHODS:
             raise ValueError(f"explainer {self.name!r}: method must be one of {', '.join(IG_METHODS)}")
         if self.params["batch_size"] < 1:
             raise ValueError(f"explainer {self.name!r}: batch_size must be >= 1")
         self._delta: list[float] | None = None
 
-    def attributions(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-channel attributions ``(N, C, H, W)`` (the map is their channel sum)."""
-        baseline = make_baseline(batch, self.params["baseline"], self.params["blur_sigma"])
-        alphas_l, weights_l = integration_rule(self.params["method"], self.params["steps"])
-        alphas = torch.tensor(alphas_l, device=batch.device, dtype=batch.dtype)
-        weights = torch.tensor(weights_l, device=batch.device, dtype=batch.dtype)
+    def _integrate(self, model: nn.Module, x: torch.Tensor, x0: torch.Tensor, target: torch.Tensor,
+                   steps: int) -> torch.Tensor:
+        alphas_l, weights_l = integration_rule(self.params["method"], steps)
+        alphas = torch.tensor(alphas_l, device=x.device, dtype=x.dtype)
+        weights = torch.tensor(weights_l, device=x.device, dtype=x.dtype)
         chunk = self.params["batch_size"]
-        out = torch.empty_like(batch)
-        for n in range(batch.shape[0]):
-            x, x0 = batch[n:n + 1], baseline[n:n + 1]
-            diff = x - x0
-            total = torch.zeros_like(x)
-            for start in range(0, alphas.numel(), chunk):
-                a = alphas[start:start + chunk].reshape(-1, 1, 1, 1)
-                points = x0 + a * diff
-                grads = input_gradient(model, points, target[n:n + 1].expand(points.shape[0]))
-                total += (grads * weights[start:start + chunk].reshape(-1, 1, 1, 1)).sum(dim=0, keepdim=True)
-            out[n:n + 1] = total * diff
+        diff = x - x0
+        total = torch.zeros_like(x)
+        for start in range(0, alphas.numel(), chunk):
+            check_budget(self.name)
+            a = alphas[start:start + chunk].reshape(-1, 1, 1, 1)
+            points = x0 + a * diff
+            grads = input_gradient(model, points, target.expand(points.shape[0]))
+            total += (grads * weights[start:start + chunk].reshape(-1, 1, 1, 1)).sum(dim=0, keepdim=True)
+        return total * diff
+
+    def attributions(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel attributions ``(N, C, H, W)`` (the map is their channel sum).
+
+        With ``completeness_target`` > 0, an image whose completeness error is above it is integrated
+        again with twice the steps, up to ``max_steps`` (``extras["steps_used"]``).
+        """
+        baseline = make_baseline(batch, self.params["baseline"], self.params["blur_sigma"])
         with torch.no_grad():
             both = model(torch.cat([batch, baseline]))
             scores = both.gather(1, torch.cat([target, target]).reshape(-1, 1)).reshape(2, -1)
+        out = torch.empty_like(batch)
+        self._steps_used = []
+        goal = float(self.params["completeness_target"])
+        for n in range(batch.shape[0]):
+            x, x0 = batch[n:n + 1], baseline[n:n + 1]
+            steps = self.params["steps"]
+            attr = self._integrate(model, x, x0, target[n:n + 1], steps)
+            while goal > 0 and 2 * steps <= self.params["max_steps"]:
+                (err,) = completeness_error(attr, (scores[0] - scores[1])[n:n + 1])
+                if not err > goal:   # reached (or NaN: nothing to add up to)
+                    break
+                steps *= 2
+                attr = self._integrate(model, x, x0, target[n:n + 1], steps)
+            out[n:n + 1] = attr
+            self._steps_used.append(steps)
         self._delta = (out.sum(dim=(1, 2, 3)) - (scores[0] - scores[1])).detach().float().cpu().tolist()
+        self._completeness = completeness_error(out, scores[0] - scores[1])
         return out
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return _signed_map(self.attributions(model, batch, target))
 
     def _extras(self) -> dict[str, Any]:
-        return {} if self._delta is None else {"convergence_delta": self._delta}
+        if self._delta is None:
+            return {}
+        return {"convergence_delta": self._delta, "completeness_error": list(self._completeness),
+                "steps_used": list(self._steps_used)}
 
 
 class _NoiseExplainer(_GradientExplainer):
-    defaults: ClassVar[Mapping[str, Any]] = {"samples": 16, "noise_level": 0.15}
+    """Common part of SmoothGrad, SmoothGrad² and VarGrad: noisy copies, split-half stability, adaptive count.
+
+    ``samples`` noisy copies are always drawn; with ``stability_target`` > 0 more are drawn in batches
+    until the map's split-half stability (:mod:`._stability`) reaches it, ``max_samples`` is reached,
+    or the time budget would run out. ``extras``: ``stability``, ``samples_used`` and
+    ``sampling_stopped`` per image.
+    """
+
+    defaults: ClassVar[Mapping[str, Any]] = {"samples": 16, "noise_level": 0.15, "stability_target": 0.0,
+                                             "max_samples": 1024}
 
     def _validate(self) -> None:
         if self.params["samples"] < 2:
@@ -199,13 +272,16 @@ class _NoiseExplainer(_GradientExplainer):
             raise ValueError(f"explainer {self.name!r}: noise_level must be in (0, 1]")
         if self.params["batch_size"] < 1:
             raise ValueError(f"explainer {self.name!r}: batch_size must be >= 1")
+        _check_sampling(self.name, self.params)
+        self._runs: list[AdaptiveRun] = []
 
     def noise_samples(self, batch: torch.Tensor) -> torch.Tensor:
         """The ``(N, S, C, H, W)`` Gaussian noise added to ``batch`` (deterministic for a given ``seed``).
 
         Standard deviation ``noise_level × (max − min)`` of each image
         (Smilkov et al. 2017); drawn on ``batch``'s device with :meth:`generator`,
-        image by image, ``samples`` at a time.
+        image by image, ``samples`` at a time. (Without adaptive sampling these are
+        exactly the copies the map uses.)
         """
         gen = self.generator(batch.device)
         samples = self.params["samples"]
@@ -216,21 +292,48 @@ class _NoiseExplainer(_GradientExplainer):
                                    dtype=batch.dtype) * sigma[n]
         return noise
 
-    def _moments(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and mean-of-squares of the input gradient over the noise samples, ``(N, C, H, W)`` each."""
-        noise = self.noise_samples(batch)
+    @staticmethod
+    def _combine(g: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        """The ``(H, W)`` map from the mean gradient and mean squared gradient ``(C, H, W)``."""
+        raise NotImplementedError
+
+    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        gen = self.generator(batch.device)
         chunk = self.params["batch_size"]
-        samples = self.params["samples"]
-        mean = torch.zeros_like(batch)
-        sq = torch.zeros_like(batch)
+        sigma = self.params["noise_level"] * (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3)))
+        maps, self._runs = [], []
         for n in range(batch.shape[0]):
-            for start in range(0, samples, chunk):
-                points = batch[n:n + 1] + noise[n, start:start + chunk]
-                grads = input_gradient(model, points, target[n:n + 1].expand(points.shape[0]))
-                mean[n] += grads.sum(dim=0)
-                sq[n] += (grads * grads).sum(dim=0)
-        return mean / samples, sq / samples
+            x = batch[n:n + 1]
+            sums = torch.zeros((2, 2, *x.shape[1:]), device=x.device, dtype=torch.float64)  # half, moment
+            counts = [0, 0]
+
+            def draw(start: int, stop: int) -> None:
+                noise = torch.randn((stop - start, *x.shape[1:]), generator=gen, device=x.device,
+                                    dtype=x.dtype) * sigma[n]
+                for lo in range(0, stop - start, chunk):
+                    check_budget(self.name)
+                    points = x + noise[lo:lo + chunk]
+                    grads = input_gradient(model, points, target[n:n + 1].expand(points.shape[0])).double()
+                    parity = (torch.arange(start + lo, start + lo + grads.shape[0], device=x.device) % 2)
+                    for h in (0, 1):
+                        sel = grads[parity == h]
+                        sums[h, 0] += sel.sum(dim=0)
+                        sums[h, 1] += (sel * sel).sum(dim=0)
+                        counts[h] += sel.shape[0]
+
+            def halves() -> tuple[torch.Tensor, torch.Tensor]:
+                return tuple(self._combine(sums[h, 0] / counts[h], sums[h, 1] / counts[h])  # type: ignore
+                             for h in (0, 1))
+
+            self._runs.append(run_adaptive(draw, halves, self.params["samples"],
+                                           float(self.params["stability_target"]), self.params["max_samples"],
+                                           count=lambda: counts[0] + counts[1]))
+            total = counts[0] + counts[1]
+            maps.append(self._combine(sums[:, 0].sum(0) / total, sums[:, 1].sum(0) / total).to(batch.dtype))
+        return torch.stack(maps)
+
+    def _extras(self) -> dict[str, Any]:
+        return sampling_extras(self._runs)
 
 
 @register
@@ -239,11 +342,13 @@ class SmoothGrad(_NoiseExplainer):
 
     name = "smoothgrad"
     display_name = "SmoothGrad"
+    code = "SG"
+    series_slot = 3
     signed = True
 
-    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        mean, _ = self._moments(model, batch, target)
-        return _signed_map(mean)
+    @staticmethod
+    def _combine(g: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        return g.sum(dim=0)
 
 
 @register
@@ -251,12 +356,14 @@ class SmoothGradSquared(_NoiseExplainer):
     """SmoothGrad²: mean of the squared input gradient over noisy copies (channel sum; non-negative)."""
 
     name = "smoothgrad_sq"
-    display_name = "SmoothGrad²"
+    display_name = "SmoothGrad squared"
+    code = "SGSQ"
+    series_slot = 22
     signed = False
 
-    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _, sq = self._moments(model, batch, target)
-        return sq.sum(dim=1)
+    @staticmethod
+    def _combine(g: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        return sq.sum(dim=0)
 
 
 @register
@@ -265,11 +372,13 @@ class VarGrad(_NoiseExplainer):
 
     name = "vargrad"
     display_name = "VarGrad"
+    code = "VARG"
+    series_slot = 23
     signed = False
 
-    def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        mean, sq = self._moments(model, batch, target)
-        return (sq - mean * mean).clamp(min=0).sum(dim=1)
+    @staticmethod
+    def _combine(g: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        return (sq - g * g).clamp(min=0).sum(dim=0)
 
 
 class _ModifiedReluExplainer(_GradientExplainer):
@@ -292,6 +401,8 @@ class GuidedBackprop(_ModifiedReluExplainer):
 
     name = "guided_backprop"
     display_name = "Guided Backpropagation"
+    code = "GBP"
+    series_slot = 4
     rule = "guided"
 
 
@@ -301,6 +412,8 @@ class DeconvNet(_ModifiedReluExplainer):
 
     name = "deconvnet"
     display_name = "DeconvNet"
+    code = "DECONV"
+    series_slot = 21
     rule = "deconv"
 
 
@@ -314,21 +427,30 @@ class DeepLift(_BaselineMixin, _GradientExplainer):
 
     name = "deeplift"
     display_name = "DeepLIFT (rescale)"
+    code = "DLIFT"
+    series_slot = 5
     signed = True
     defaults: ClassVar[Mapping[str, Any]] = {"baseline": "black", "blur_sigma": 8.0}
 
     def _validate(self) -> None:
         self._check_baseline()
+        self._completeness: list[float] = []
 
     def attributions(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-channel attributions ``(N, C, H, W)``."""
+        """Per-channel attributions ``(N, C, H, W)``; sets the completeness error of each image."""
         baseline = make_baseline(batch, self.params["baseline"], self.params["blur_sigma"]).detach()
         x = batch.detach().requires_grad_(True)
         with modified_backward(model, "deeplift"), torch.enable_grad():
             logits = model(torch.cat([x, baseline]))
-            score = logits.gather(1, torch.cat([target, target]).reshape(-1, 1)).sum()
-            (grad,) = torch.autograd.grad(score, x)
-        return (batch - baseline) * grad
+            picked = logits.gather(1, torch.cat([target, target]).reshape(-1, 1))
+            (grad,) = torch.autograd.grad(picked.sum(), x)
+        attr = (batch - baseline) * grad
+        scores = picked.detach().reshape(2, -1)
+        self._completeness = completeness_error(attr, scores[0] - scores[1])
+        return attr
+
+    def _extras(self) -> dict[str, Any]:
+        return {"completeness_error": list(self._completeness)} if self._completeness else {}
 
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return _signed_map(self.attributions(model, batch, target))

@@ -101,6 +101,8 @@ class LRP(Explainer):
 
     name = "lrp"
     display_name = "Layer-wise Relevance Propagation"
+    code = "LRP"
+    series_slot = 14
     signed = True
     family: ClassVar[str] = "relevance"
     defaults: ClassVar[Mapping[str, Any]] = {"composite": "epsilon_plus_flat", "epsilon": 1e-6}

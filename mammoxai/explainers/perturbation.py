@@ -10,8 +10,16 @@ changes when parts of the image are hidden. They share one design:
 * everything after the one SLIC segmentation per image (LIME, SHAP) is torch:
   no per-sample Python loop, no numpy round trip, no CPU↔GPU copy in the loop.
 
-``score`` selects what is explained: ``"logit"`` (raw output) or ``"probability"``
-(softmax). Baselines are in the model's normalised input space (0.0 = the
+``score`` selects what is explained: ``"logit"`` (raw output), ``"probability"`` (softmax) or
+``"log_odds"`` (``log p/(1 − p)`` from the logits). LIME and Kernel SHAP explain the log-odds by
+default: a confident model's softmax saturates (logits 3 vs −25 give exactly 1.0 in float32),
+every perturbation then scores the same and the map is constant; the raw logit of one class
+does not saturate but also carries what all classes share (on the test CNN its LIME / Kernel
+SHAP maps survived re-initialising the head: Spearman 0.62 / 0.53), the log-odds neither.
+Faithfulness on the demo models is the same in probability and logit space (BENCHMARKS.md).
+RISE keeps the paper's probability. LIME, Kernel SHAP and RISE record ``extras["score_range"]``
+so a map from scores that never moved is recognised as not informative. Baselines are in the
+model's normalised input space (0.0 = the
 normalisation mean).
 """
 
@@ -25,7 +33,9 @@ from torch import nn
 
 from ._pert_common import (SCORES, baseline_image, check_baseline, compose_from_presence, evaluate_chunked,
                            hidden_image, superpixels)
-from .base import Explainer, ExplainerError, register
+from ._stability import AdaptiveRun, run_adaptive, split_half_stability
+from .base import Explainer, ExplainerError, check_budget, register
+from .gradients import _check_sampling, sampling_extras
 
 __all__ = ["Occlusion", "Rise", "Lime", "KernelShap", "occlusion_windows", "rise_masks", "lime_kernel",
            "lime_surrogate", "shapley_coalitions", "kernel_shap_solve"]
@@ -80,6 +90,8 @@ class Occlusion(Explainer):
 
     name = "occlusion"
     display_name = "Occlusion"
+    code = "OCCL"
+    series_slot = 15
     signed = True
     family = "perturbation"
     tolerates_autocast = True
@@ -170,14 +182,19 @@ class Rise(Explainer):
 
     name = "rise"
     display_name = "RISE"
+    code = "RISE"
+    series_slot = 16
     signed = False
     family = "perturbation"
     tolerates_autocast = True
     defaults = {"n_masks": 1000, "cells": 8, "p": 0.5, "baseline": None, "blur_sigma": 8.0,
-                "score": "probability", "center": True}
+                "score": "probability", "center": True, "stability_target": 0.0, "max_samples": 16000}
 
     def _validate(self) -> None:
         _check_common(self.name, self.params)
+        _check_sampling(self.name, self.params)
+        self._runs: list[AdaptiveRun] = []
+        self._ranges: list[tuple[float, float]] = []
         check_baseline(self.name, self.params["baseline"])
         if self.params["n_masks"] < 1 or self.params["cells"] < 1:
             raise ValueError(f"explainer {self.name!r}: n_masks and cells must be >= 1")
@@ -188,30 +205,61 @@ class Rise(Explainer):
         n, cells, p, bs = self.params["n_masks"], self.params["cells"], self.params["p"], self.params["batch_size"]
         _, _, height, width = batch.shape
         device = batch.device
-        drawn = _rise_draw(n, cells, p, height, width, self.generator(device), device)
-        maps = []
+        gen = self.generator(device)
+        first = _rise_draw(n, cells, p, height, width, gen, device)
+        maps, self._runs, self._ranges = [], [], []
         for i in range(batch.shape[0]):
             x = batch[i:i + 1]
             base = baseline_image(x, self.params["baseline"], self.params["blur_sigma"])
-            sal = torch.zeros(height, width, device=device, dtype=torch.float32)
-            cover = torch.zeros(height, width, device=device, dtype=torch.float32)
-            total = torch.zeros((), device=device, dtype=torch.float32)
-            with torch.no_grad():
-                for start in range(0, n, bs):
-                    stop = min(n, start + bs)
-                    m = rise_masks(n, cells, p, height, width, None, device, start, stop, _grid=drawn)  # type: ignore[arg-type]
-                    inputs = base + m.unsqueeze(1).to(x.dtype) * (x - base)
-                    s = evaluate_chunked(model, lambda a, b: inputs, stop - start, stop - start, int(target[i]),
-                                         self.params["score"])
-                    sal += torch.einsum("k,khw->hw", s, m.float())
-                    cover += m.float().sum(0)
-                    total += s.sum()
-            if self.params["center"]:
-                mean = total / n
-                maps.append(mean + (sal - mean * cover) / (n * p))
-            else:
-                maps.append(sal / (n * p))
+            # per half: Σ s·M, Σ M, Σ s, count
+            sal = torch.zeros(2, height, width, device=device, dtype=torch.float64)
+            cover = torch.zeros(2, height, width, device=device, dtype=torch.float64)
+            total = torch.zeros(2, device=device, dtype=torch.float64)
+            count = [0, 0]
+            spread = [math.inf, -math.inf]
+
+            def draw(start: int, stop: int) -> None:
+                drawn = first if stop <= n else _rise_draw(stop - start, cells, p, height, width, gen, device)
+                offset = 0 if stop <= n else start
+                with torch.no_grad():
+                    for lo in range(start, stop, bs):
+                        hi = min(stop, lo + bs)
+                        check_budget(self.name)
+                        m = rise_masks(drawn[0].shape[0], cells, p, height, width,
+                                       None, device,  # type: ignore[arg-type]
+                                       lo - offset, hi - offset, _grid=drawn)
+                        inputs = base + m.unsqueeze(1).to(x.dtype) * (x - base)
+                        s = evaluate_chunked(model, lambda a, b: inputs, hi - lo, hi - lo, int(target[i]),
+                                             self.params["score"]).double()
+                        parity = torch.arange(lo, hi, device=device) % 2
+                        spread[0] = min(spread[0], float(s.min()))
+                        spread[1] = max(spread[1], float(s.max()))
+                        for h in (0, 1):
+                            sel = parity == h
+                            sal[h] += torch.einsum("k,khw->hw", s[sel], m[sel].double())
+                            cover[h] += m[sel].double().sum(0)
+                            total[h] += s[sel].sum()
+                            count[h] += int(sel.sum())
+
+            def finish(sal_: torch.Tensor, cover_: torch.Tensor, total_: torch.Tensor, k: int) -> torch.Tensor:
+                if k == 0:
+                    return torch.zeros_like(sal_)
+                if self.params["center"]:
+                    mean = total_ / k
+                    return mean + (sal_ - mean * cover_) / (k * p)
+                return sal_ / (k * p)
+
+            def halves() -> tuple[torch.Tensor, torch.Tensor]:
+                return finish(sal[0], cover[0], total[0], count[0]), finish(sal[1], cover[1], total[1], count[1])
+
+            self._runs.append(run_adaptive(draw, halves, n, float(self.params["stability_target"]),
+                                           self.params["max_samples"], count=lambda: count[0] + count[1]))
+            maps.append(finish(sal.sum(0), cover.sum(0), total.sum(), count[0] + count[1]).float())
+            self._ranges.append((spread[0], spread[1]))
         return torch.stack(maps)
+
+    def _extras(self) -> dict[str, Any]:
+        return {**sampling_extras(self._runs), "score_range": list(self._ranges)} if self._runs else {}
 
 
 # --------------------------------------------------------------------------------------------- LIME
@@ -274,7 +322,7 @@ class _SuperpixelExplainer(Explainer):
     """Common parameters and validation of LIME and Kernel SHAP (SLIC superpixels as features)."""
 
     seg_defaults = {"n_segments": 50, "compactness": 0.1, "slic_sigma": 1.0, "hide_color": None,
-                    "score": "probability"}
+                    "score": "log_odds", "stability_target": 0.0, "max_samples": 8000}
 
     def __init__(self, **params: Any) -> None:
         self._last: dict[str, Any] = {}
@@ -289,6 +337,8 @@ class _SuperpixelExplainer(Explainer):
             raise ValueError(f"explainer {self.name!r}: n_segments must be >= 2")
         if self.params["samples"] < 2:
             raise ValueError(f"explainer {self.name!r}: samples must be >= 2")
+        _check_sampling(self.name, self.params)
+        self._runs: list[AdaptiveRun] = []
 
     def _segments(self, x: torch.Tensor) -> torch.Tensor:
         return superpixels(x[0], self.params["n_segments"], self.params["compactness"], self.params["slic_sigma"])
@@ -319,6 +369,8 @@ class Lime(_SuperpixelExplainer):
 
     name = "lime"
     display_name = "LIME"
+    code = "LIME"
+    series_slot = 17
     signed = True
     family = "perturbation"
     tolerates_autocast = True
@@ -332,26 +384,49 @@ class Lime(_SuperpixelExplainer):
         if self.params["kernel_width"] <= 0:
             raise ValueError(f"explainer {self.name!r}: kernel_width must be > 0")
 
+    def _fit(self, presence: torch.Tensor, scores: torch.Tensor) -> dict[str, Any]:
+        return lime_surrogate(presence, scores, lime_kernel(presence, self.params["kernel_width"]),
+                              self.params["solver"], self.params["alpha"], self.params["l1_alpha"])
+
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         gen = self.generator(batch.device)
         maps, segs, coefs, intercepts, r2s = [], [], [], [], []
+        ranges: list[tuple[float, float]] = []
+        self._runs = []
         for i in range(batch.shape[0]):
             x = batch[i:i + 1]
             segments = self._segments(x)
             m = int(segments.max()) + 1
-            presence = torch.randint(0, 2, (self.params["samples"], m), generator=gen, device=batch.device)
-            presence[0] = 1
-            with torch.no_grad():
-                scores = self._evaluate(model, x, segments, presence, int(target[i]))
-            fit = lime_surrogate(presence, scores, lime_kernel(presence, self.params["kernel_width"]),
-                                 self.params["solver"], self.params["alpha"], self.params["l1_alpha"])
+            rows: list[torch.Tensor] = []
+            values: list[torch.Tensor] = []
+
+            def draw(start: int, stop: int) -> None:
+                presence = torch.randint(0, 2, (stop - start, m), generator=gen, device=batch.device)
+                if start == 0:
+                    presence[0] = 1
+                check_budget(self.name)
+                with torch.no_grad():
+                    values.append(self._evaluate(model, x, segments, presence, int(target[i])))
+                rows.append(presence)
+
+            def halves() -> tuple[torch.Tensor, torch.Tensor]:
+                z, y = torch.cat(rows), torch.cat(values)
+                return tuple(self._fit(z[h::2], y[h::2])["coef"][segments] for h in (0, 1))  # type: ignore
+
+            self._runs.append(run_adaptive(draw, halves, self.params["samples"],
+                                           float(self.params["stability_target"]), self.params["max_samples"],
+                                           count=lambda: sum(r.shape[0] for r in rows)))
+            all_scores = torch.cat(values)
+            ranges.append((float(all_scores.min()), float(all_scores.max())))
+            fit = self._fit(torch.cat(rows), all_scores)
             coef = fit["coef"].float()
             maps.append(coef[segments])
             segs.append(segments.cpu())
             coefs.append(coef.cpu())
             intercepts.append(float(fit["intercept"]))
             r2s.append(float(fit["score"]))
-        self._last = {"segments": torch.stack(segs), "coef": coefs, "intercept": intercepts, "score": r2s}
+        self._last = {"segments": torch.stack(segs), "coef": coefs, "intercept": intercepts, "score": r2s,
+                      "score_range": ranges, **sampling_extras(self._runs)}
         return torch.stack(maps)
 
 
@@ -369,8 +444,22 @@ def shapley_coalitions(m: int, nsamples: int, generator: torch.Generator,
     shap, a repeated random draw is kept as a second row rather than merged (same
     estimator). Returns ``(K, m)`` float presence rows and ``(K,)`` float64 weights.
     """
-    if m < 2:
+    plan = _shapley_plan(m, nsamples, device)
+    if plan is None:
         return torch.zeros(0, m, device=device), torch.zeros(0, dtype=torch.float64, device=device)
+    rows, wts, n_full, left, weight = plan
+    if n_full < weight.numel() and left > 0:
+        rand_rows, _ = _random_coalitions(m, n_full, weight, left, generator, device)
+        rows.append(rand_rows)
+        wts.append(_random_weights(weight, n_full, rand_rows.shape[0], device))
+    return torch.cat(rows), torch.cat(wts)
+
+
+def _shapley_plan(m: int, nsamples: int, device: torch.device
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], int, int, torch.Tensor] | None:
+    """The fully enumerated sizes: rows, weights, how many sizes, budget left, and the size weights."""
+    if m < 2:
+        return None
     nsamples = min(nsamples, 2 ** m - 2) if m < 31 else nsamples
     n_sizes = math.ceil((m - 1) / 2)
     n_paired = (m - 1) // 2
@@ -401,25 +490,32 @@ def shapley_coalitions(m: int, nsamples: int, generator: torch.Generator,
                                   dtype=torch.float64, device=device))
         else:
             break
-    if n_full < n_sizes and left > 0:
-        rem = weight.clone()
-        rem[:n_paired] /= 2
-        rem = rem[n_full:]
-        rem /= rem.sum()
-        draws = torch.multinomial(rem.to(device), 4 * left, replacement=True, generator=generator) + n_full + 1
-        per_draw = torch.where(draws <= n_paired, 2, 1)
-        before = torch.cumsum(per_draw, 0) - per_draw
-        keep = before < left
-        draws, before = draws[keep], before[keep]
-        ranks = torch.rand(draws.numel(), m, generator=generator, device=device).argsort(1).argsort(1)
-        z = (ranks < draws[:, None]).float()
-        with_comp = (draws <= n_paired) & (before + 1 < left)
-        rand_rows = torch.cat([z, 1.0 - z[with_comp]])
-        rand_w = torch.ones(rand_rows.shape[0], dtype=torch.float64, device=device)
-        rand_w *= float(weight[n_full:].sum()) / rand_w.sum()
-        rows.append(rand_rows)
-        wts.append(rand_w)
-    return torch.cat(rows), torch.cat(wts)
+    return rows, wts, n_full, left, weight
+
+
+def _random_weights(weight: torch.Tensor, n_full: int, count: int, device: torch.device) -> torch.Tensor:
+    """Equal weights of ``count`` random rows, summing to the kernel mass of the sizes not enumerated."""
+    return torch.full((count,), float(weight[n_full:].sum()) / max(count, 1), dtype=torch.float64, device=device)
+
+
+def _random_coalitions(m: int, n_full: int, weight: torch.Tensor, left: int, generator: torch.Generator,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``left`` random rows (draws paired with their complements) and each row's draw index."""
+    n_paired = (m - 1) // 2
+    rem = weight.clone()
+    rem[:n_paired] /= 2
+    rem = rem[n_full:]
+    rem /= rem.sum()
+    draws = torch.multinomial(rem.to(device), 4 * left, replacement=True, generator=generator) + n_full + 1
+    per_draw = torch.where(draws <= n_paired, 2, 1)
+    before = torch.cumsum(per_draw, 0) - per_draw
+    keep = before < left
+    draws, before = draws[keep], before[keep]
+    ranks = torch.rand(draws.numel(), m, generator=generator, device=device).argsort(1).argsort(1)
+    z = (ranks < draws[:, None]).float()
+    with_comp = (draws <= n_paired) & (before + 1 < left)
+    ids = torch.arange(draws.numel(), device=device)
+    return torch.cat([z, 1.0 - z[with_comp]]), torch.cat([ids, ids[with_comp]])
 
 
 def kernel_shap_solve(presence: torch.Tensor, scores: torch.Tensor, weights: torch.Tensor, fx: float | torch.Tensor,
@@ -464,6 +560,8 @@ class KernelShap(_SuperpixelExplainer):
 
     name = "kernel_shap"
     display_name = "Kernel SHAP"
+    code = "KSHAP"
+    series_slot = 18
     signed = True
     family = "perturbation"
     tolerates_autocast = True
@@ -472,20 +570,76 @@ class KernelShap(_SuperpixelExplainer):
     def _attribute(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         gen = self.generator(batch.device)
         maps, segs, phis, fxs, fnulls = [], [], [], [], []
+        ranges: list[tuple[float, float]] = []
+        self._runs = []
+        device = batch.device
         for i in range(batch.shape[0]):
             x = batch[i:i + 1]
             segments = self._segments(x)
             m = int(segments.max()) + 1
-            coalitions, weights = shapley_coalitions(m, self.params["samples"], gen, batch.device)
-            ends = torch.stack([torch.ones(m, device=batch.device), torch.zeros(m, device=batch.device)])
+            plan = _shapley_plan(m, self.params["samples"], device)
+            ends = torch.stack([torch.ones(m, device=device), torch.zeros(m, device=device)])
+            if plan is None:
+                enum_rows, enum_w, n_full, left, weight = [], [], 0, 0, torch.ones(0, dtype=torch.float64)
+            else:
+                enum_rows, enum_w, n_full, left, weight = plan
+            enum_z = torch.cat(enum_rows) if enum_rows else torch.zeros(0, m, device=device)
+            enum_wt = torch.cat(enum_w) if enum_w else torch.zeros(0, dtype=torch.float64, device=device)
             with torch.no_grad():
-                scores = self._evaluate(model, x, segments, torch.cat([ends, coalitions]), int(target[i]))
-            fx, fnull = scores[0], scores[1]
-            phi = kernel_shap_solve(coalitions, scores[2:], weights, fx, fnull).float()
+                fixed = self._evaluate(model, x, segments, torch.cat([ends, enum_z]), int(target[i]))
+            fx, fnull = fixed[0], fixed[1]
+            rand_z: list[torch.Tensor] = []
+            rand_ids: list[torch.Tensor] = []
+            rand_y: list[torch.Tensor] = []
+            drawn = [0]  # random draws so far (ids continue across batches)
+            can_draw = plan is not None and n_full < weight.numel()
+
+            def solve(parity: int | None) -> torch.Tensor:
+                z, w, y = enum_z, enum_wt, fixed[2:]
+                if rand_z:
+                    rz, ri, ry = torch.cat(rand_z), torch.cat(rand_ids), torch.cat(rand_y)
+                    if parity is not None:
+                        sel = ri % 2 == parity
+                        rz, ry = rz[sel], ry[sel]
+                    z = torch.cat([z, rz])
+                    y = torch.cat([y, ry])
+                    w = torch.cat([w, _random_weights(weight, n_full, rz.shape[0], device)])
+                if z.shape[0] == 0:
+                    return torch.full((m,), float(fx - fnull) / max(m, 1), dtype=torch.float64, device=device)
+                return kernel_shap_solve(z, y, w, fx, fnull)
+
+            def draw(start: int, stop: int) -> None:
+                if not can_draw:
+                    return
+                budget = left if start == 0 else stop - start
+                if budget <= 0:
+                    return
+                check_budget(self.name)
+                z, ids = _random_coalitions(m, n_full, weight, budget, gen, device)
+                with torch.no_grad():
+                    rand_y.append(self._evaluate(model, x, segments, z, int(target[i])))
+                rand_z.append(z)
+                rand_ids.append(ids + drawn[0])
+                drawn[0] += int(ids.max()) + 1 if ids.numel() else 0
+
+            def halves() -> tuple[torch.Tensor, torch.Tensor]:
+                return solve(0).float()[segments], solve(1).float()[segments]
+
+            initial = self.params["samples"] if can_draw else 0
+            target_s = float(self.params["stability_target"]) if can_draw else 0.0
+            run = run_adaptive(draw, halves, initial, target_s, self.params["max_samples"],
+                               count=lambda: initial + sum(z.shape[0] for z in rand_z[1:]))
+            if not can_draw:  # every coalition enumerated: the values are exact, a rerun gives the same map
+                run.stability, run.stopped = 1.0, "exact"
+            self._runs.append(run)
+            phi = solve(None).float()
+            all_scores = torch.cat([fixed, *rand_y])
+            ranges.append((float(all_scores.min()), float(all_scores.max())))
             maps.append(phi[segments])
             segs.append(segments.cpu())
             phis.append(phi.cpu())
             fxs.append(float(fx))
             fnulls.append(float(fnull))
-        self._last = {"segments": torch.stack(segs), "phi": phis, "fx": fxs, "fnull": fnulls}
+        self._last = {"segments": torch.stack(segs), "phi": phis, "fx": fxs, "fnull": fnulls,
+                      "score_range": ranges, **sampling_extras(self._runs)}
         return torch.stack(maps)

@@ -428,3 +428,72 @@ def summarise(values: Sequence[float]) -> tuple[float, float, int]:
     mean = sum(finite) / len(finite)
     sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
     return mean, sd, len(finite)
+
+
+# --- per-map checks: degenerate maps, stability and completeness -----------------------------
+
+def not_informative_reason(heatmap: torch.Tensor, *, relative_range: float = 1e-6) -> str:
+    """Why one ``(H, W)`` map says nothing, or ``""`` when it is informative.
+
+    A map is not informative when any value is non-finite (NaN/inf), when it is constant, or when
+    it is near-constant: its range ``max − min`` is at most ``relative_range`` × its largest
+    magnitude (e.g. a probability-space LIME map of a saturated softmax: every value the same
+    up to rounding). Such a map would still be scaled to the full colour range by a viewer.
+    """
+    h = torch.as_tensor(heatmap).detach().double()
+    if h.numel() == 0:
+        return "map is empty"
+    finite = torch.isfinite(h)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        return f"map has {bad} non-finite value(s) of {h.numel()}"
+    low, high = float(h.min()), float(h.max())
+    if high == low:
+        return f"map is constant ({low:.3g})"
+    scale = max(abs(low), abs(high))
+    if high - low <= relative_range * scale:
+        return f"map is near-constant (range {high - low:.3g} at magnitude {scale:.3g})"
+    return ""
+
+
+def explanation_not_informative(explanation: Explanation, index: int, *, relative_range: float = 1e-6) -> str:
+    """Why image ``index``'s map of ``explanation`` says nothing, or ``""``.
+
+    The map itself (:func:`not_informative_reason`), and, for perturbation methods that record the
+    range of the scores they sampled (``extras["score_range"]``: ``(min, max)`` per image), whether
+    those scores moved at all: if every perturbation scored the same up to rounding (a saturated
+    softmax in probability space), the map is rounding noise however it looks.
+    """
+    reason = not_informative_reason(explanation.heatmap[index], relative_range=relative_range)
+    if reason:
+        return reason
+    ranges = explanation.extras.get("score_range")
+    if ranges is not None and index < len(ranges):
+        low, high = (float(v) for v in ranges[index])
+        scale = max(abs(low), abs(high))
+        if high - low <= relative_range * scale:
+            return (f"model output did not change under perturbation (scores {low:.8g} to {high:.8g}; "
+                    f"saturated: explain the log-odds or the logit)")
+    return ""
+
+
+def map_figures(explanation: Explanation, index: int) -> tuple[dict[str, float], str]:
+    """Image ``index``'s ``stability`` / ``completeness_error`` (for the map's quality) and a caution.
+
+    ``stability`` (sampled methods: SmoothGrad family, RISE, LIME, Kernel SHAP) is the split-half
+    estimate (:mod:`mammoxai.explainers._stability`); ``completeness_error`` (DeepLIFT, Integrated
+    Gradients) is ``|Σ map − (f(x) − f(x'))| / |f(x) − f(x')|``. The caution (``""`` for none) says
+    that the map fell short of its ``stability_target`` (a nonzero target only).
+    """
+    figures: dict[str, float] = {}
+    for key in ("stability", "completeness_error"):
+        values = explanation.extras.get(key)
+        if values is not None and index < len(values) and math.isfinite(float(values[index])):
+            figures[key] = float(values[index])
+    caution = ""
+    target = float(explanation.parameters.get("stability_target", 0.0) or 0.0)
+    if "stability" in figures and target > 0 and figures["stability"] < target:
+        used = explanation.extras.get("samples_used", [None] * (index + 1))[index]
+        caution = (f"map unstable: stability {figures['stability']:.2f} < {target:.2f}"
+                   + (f" after {used} samples" if used else ""))
+    return figures, caution

@@ -194,6 +194,8 @@ class Fgsm(_Attack):
 
     name = "fgsm"
     display_name = "FGSM minimal flip"
+    code = "FGSM"
+    series_slot = 25
     defaults = {**_Attack.attack_defaults, "eps_max": 0.05}
 
     def _prepare(self, model: nn.Module, u: torch.Tensor, target: torch.Tensor) -> None:
@@ -258,7 +260,9 @@ class PgdLinf(_Pgd):
     """PGD in an L∞ ball (``|δ| ≤ ε`` per pixel, intensity units): sign steps, clipping projection."""
 
     name = "pgd_linf"
-    display_name = "PGD L∞ minimal flip"
+    display_name = "PGD Linf minimal flip"
+    code = "PGDLINF"
+    series_slot = 26
     defaults = {**_Attack.attack_defaults, **_Pgd.pgd_defaults, "eps_max": 0.03}
 
     def _step(self, grad: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -280,6 +284,8 @@ class PgdL2(_Pgd):
 
     name = "pgd_l2"
     display_name = "PGD L2 minimal flip"
+    code = "PGDL2"
+    series_slot = 27
     defaults = {**_Attack.attack_defaults, **_Pgd.pgd_defaults, "eps_max": 2.0}
 
     def _step(self, grad: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -314,6 +320,8 @@ class WassersteinAttack(_Attack):
 
     name = "wasserstein"
     display_name = "Wasserstein minimal flip"
+    code = "WASS"
+    series_slot = 28
     units = "Wasserstein transport cost of the unit-mass image (pixels^p × mass fraction)"
     defaults = {**_Attack.attack_defaults, "n_eps": 4, "eps_max": 0.05, "steps": 10, "step": 0.05, "lam": 1000.0,
                 "sinkhorn_iters": 30, "kernel_size": 5, "p": 2.0}

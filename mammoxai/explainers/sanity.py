@@ -83,8 +83,13 @@ def finite_or_null(value: Any) -> Any:
 
 
 def recorded_parameters(explainer: Explainer) -> dict[str, Any]:
-    """The parameters a verdict depends on (all but ``batch_size`` and ``autocast``, which change no map)."""
-    return {k: v for k, v in explainer.params.items() if k not in ("batch_size", "autocast")}
+    """The parameters a verdict depends on: all but ``batch_size`` and ``autocast``, which change no map, and
+    ``stability_target`` / ``max_samples`` and IG's ``completeness_target`` / ``max_steps``, which only draw
+    more samples (or quadrature steps) of the same map, closer to its expectation (integral), and leave the
+    method's definition alone."""
+    return {k: v for k, v in explainer.params.items()
+            if k not in ("batch_size", "autocast", "stability_target", "max_samples", "completeness_target",
+                         "max_steps")}
 
 
 def _mean(values: Sequence[float]) -> float:

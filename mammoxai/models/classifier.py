@@ -55,6 +55,11 @@ class ModelMetadata:
     this checkpoint, as written by ``mammoxai sanity --write``
     (:func:`mammoxai.explainers.sanity.sanity_record`); the node uses it to keep
     maps that do not depend on the model away from the reader.
+    ``domain``: the images the checkpoint was validated on, as written by
+    ``mammoxai domain --write`` (:class:`mammoxai.models.domain.DomainRecord`):
+    the out-of-domain score's parameters and threshold, the acquisition checks
+    and the calibration temperature; empty = domain not checked, probabilities
+    not calibrated.
     """
 
     architecture: str
@@ -73,6 +78,7 @@ class ModelMetadata:
     weights_dtype: str = "float32"
     explainer_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     sanity: dict[str, Any] = field(default_factory=dict)
+    domain: dict[str, Any] = field(default_factory=dict)
     format: int = METADATA_FORMAT
 
     def __post_init__(self) -> None:
@@ -104,6 +110,10 @@ class ModelMetadata:
             raise ValueError("explainer_params must map method names to JSON objects of parameters")
         if not isinstance(self.sanity, dict) or not isinstance(self.sanity.get("methods", {}), dict):
             raise ValueError("sanity must be a JSON object with a 'methods' object (see mammoxai sanity --write)")
+        if self.domain:
+            from .domain import DomainRecord
+
+            DomainRecord.from_dict(self.domain)   # ValueError names what is wrong
         if self.weights_dtype not in ("float32", "float16"):
             raise ValueError(f"weights_dtype {self.weights_dtype!r} must be 'float32' or 'float16'")
 

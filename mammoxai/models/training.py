@@ -12,7 +12,6 @@ overlap (:func:`check_disjoint` enforces it).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import MammoxaiError
-from .classifier import DEMO_INTENDED_USE, Classifier, ModelMetadata, create_module, load_classifier, save_checkpoint
+from .classifier import DEMO_INTENDED_USE, Classifier, ModelMetadata, create_module, save_checkpoint
 from .device import select_device
 from .phantoms import generate_phantom
 from .preprocess import preprocess_array
@@ -288,69 +287,3 @@ def validate_on_phantoms(classifier: Classifier, n: int = 400, start: int = VALI
         labels.append(ph.label)
     labels_arr, scores_arr = np.asarray(labels), np.asarray(scores)
     return roc_auc(labels_arr, scores_arr), float(((scores_arr >= 0.5) == labels_arr.astype(bool)).mean())
-
-
-def _parse_kwargs(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise TrainingError(f"--model-kwargs is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise TrainingError("--model-kwargs must be a JSON object")
-    for key in ("img_size",):
-        if isinstance(value.get(key), list):
-            value[key] = tuple(value[key])
-    return value
-
-
-def main_train(args, settings) -> int:
-    """``mammoxai train``: train on phantoms or a CBIS-DDSM folder; prints the validation AUC."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    architecture = args.architecture
-    input_size = tuple(args.input_size) if args.input_size else default_input_size(architecture)
-    model_kwargs = _parse_kwargs(args.model_kwargs)
-    if "vit" in architecture and "img_size" not in model_kwargs:
-        model_kwargs["img_size"] = tuple(input_size)
-    if args.data == "phantoms":
-        train_range = training_seeds(args.train_size, args.seed)
-        val_range = validation_seeds(args.val_size)
-        check_disjoint(train_range, val_range)
-        print(f"generating {len(train_range)} training and {len(val_range)} held-out phantoms ...", flush=True)
-        train = phantom_arrays(train_range, input_size, progress=True, desc="train phantoms")
-        val = phantom_arrays(val_range, input_size, progress=True, desc="held-out phantoms")
-        trained_on = f"{len(train_range)} synthetic phantoms (seeds {train_range.start}..{train_range.stop - 1})"
-        extra = {"data": "phantoms", "train_seeds": [train_range.start, train_range.stop],
-                 "val_seeds": [val_range.start, val_range.stop], "phantom_shape": list(TRAIN_PHANTOM_SHAPE)}
-        intended = DEMO_INTENDED_USE
-    else:
-        from .cbis_ddsm import cbis_arrays
-
-        if args.cbis_root is None:
-            raise TrainingError("--data cbis-ddsm needs --cbis-root FOLDER")
-        train, val, info = cbis_arrays(args.cbis_root, input_size, seed=args.seed, progress=True)
-        trained_on = f"CBIS-DDSM at {args.cbis_root}: {len(train)} training images"
-        extra = {"data": "cbis-ddsm", **info}
-        intended = "research - not for clinical use"
-    result = train_classifier(
-        train, val, architecture=architecture, out=args.out, input_size=input_size, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, model_kwargs=model_kwargs, device=args.device,
-        description=f"mammoxai {architecture} classifier", intended_use=intended, trained_on=trained_on,
-        extra_training=extra)
-    auc = "n/a" if result.val_auc is None else f"{result.val_auc:.3f}"
-    print(f"saved {result.checkpoint} (+ {result.checkpoint.with_suffix('.json').name}); "
-          f"validation AUC {auc} on {len(val)} held-out images; {result.seconds:.0f} s")
-    return 0
-
-
-def main_validate(args, settings) -> int:
-    """``mammoxai validate``: AUC of a checkpoint (default: the settings' / demo model) on held-out phantoms."""
-    checkpoint = args.checkpoint if args.checkpoint is not None else settings.model.checkpoint
-    classifier = load_classifier(checkpoint, device=settings.model.device, architecture=settings.model.architecture)
-    held_out = validation_seeds(args.phantoms, args.seed)
-    seeds = classifier.metadata.training.get("train_seeds")
-    if seeds:
-        check_disjoint(range(int(seeds[0]), int(seeds[1])), held_out)
-    auc, accuracy = validate_on_phantoms(classifier, args.phantoms, args.seed, progress=True)
-    print(f"AUC on {args.phantoms} held-out phantoms: {auc:.3f} (accuracy at 0.5: {accuracy:.3f}; "
-          f"seeds {held_out.start}..{held_out.stop - 1}; {classifier.checkpoint_path.name})")
-    return 0

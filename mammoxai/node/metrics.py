@@ -1,4 +1,5 @@
-"""Prometheus metrics (text exposition format 0.0.4, written by hand) and the /healthz + /metrics HTTP server."""
+"""Prometheus metrics (the maintained ``prometheus-client`` library: its registry, types and text exposition)
+and the /healthz + /metrics HTTP server."""
 
 from __future__ import annotations
 
@@ -6,91 +7,91 @@ import http.server
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 log = logging.getLogger(__name__)
+
+disable_created_metrics()   # no *_created series: the node exports counts, not their creation times
 
 #: job latency buckets (seconds from reception to delivery)
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+GaugeFn = Callable[[], list[tuple[str, dict[str, str], float]]]
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items())) + "}"
+class _Gauges:
+    """A collector turning ``(name, labels, value)`` callbacks into gauge families at each scrape."""
+
+    def __init__(self) -> None:
+        self.functions: list[GaugeFn] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[str, tuple[list[str], list[tuple[list[str], float]]]] = {}
+        for fn in list(self.functions):
+            try:
+                samples = fn()
+            except Exception as exc:  # a broken gauge must not break the scrape
+                log.warning("metrics gauge failed: %s", exc)
+                continue
+            for name, labels, value in samples:
+                keys, rows = families.setdefault(name, (sorted(labels), []))
+                rows.append(([str(labels.get(k, "")) for k in keys], float(value)))
+        for name, (keys, rows) in families.items():
+            family = GaugeMetricFamily(name, name.removeprefix("mammoxai_").replace("_", " "), labels=keys)
+            for values, value in rows:
+                family.add_metric(values, value)
+            yield family
 
 
 class Metrics:
-    """Counters, one latency histogram, and gauges computed at scrape time. Thread-safe."""
+    """Counters, one latency histogram, and gauges computed at scrape time, in one registry. Thread-safe."""
 
     def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
         self._lock = threading.Lock()
-        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._help: dict[str, str] = {}
+        self._counters: dict[str, Counter] = {}
         self.buckets = tuple(sorted(buckets))
-        self._hist_counts = [0] * len(self.buckets)
-        self._hist_sum = 0.0
-        self._hist_n = 0
-        self._gauges: list[Callable[[], list[tuple[str, dict[str, str], float]]]] = []
+        self._latency = Histogram("mammoxai_job_latency_seconds",
+                                  "seconds from reception of an instance to delivery of its results",
+                                  buckets=self.buckets, registry=self.registry)
+        self._gauges = _Gauges()
+        self.registry.register(self._gauges)
+
+    def _counter(self, name: str, labels: Sequence[str], help: str) -> Counter:
+        full = f"mammoxai_{name}"
+        with self._lock:
+            counter = self._counters.get(full)
+            if counter is None:
+                counter = Counter(full, help or full, labelnames=tuple(sorted(labels)), registry=self.registry)
+                self._counters[full] = counter
+            return counter
 
     def inc(self, name: str, value: float = 1.0, help: str = "", **labels: str) -> None:
-        """Add ``value`` to counter ``name`` (``mammoxai_`` prefix and ``_total`` suffix added)."""
-        key = (f"mammoxai_{name}_total", tuple(sorted(labels.items())))
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0.0) + value
-            if help:
-                self._help[key[0]] = help
+        """Add ``value`` to counter ``name`` (exposed as ``mammoxai_NAME_total``); a counter keeps its label names."""
+        counter = self._counter(name, list(labels), help)
+        (counter.labels(**labels) if labels else counter).inc(value)
 
     def counter(self, name: str, **labels: str) -> float:
         """The current value of a counter (0 when never incremented)."""
-        with self._lock:
-            return self._counters.get((f"mammoxai_{name}_total", tuple(sorted(labels.items()))), 0.0)
+        value = self.registry.get_sample_value(f"mammoxai_{name}_total", labels)
+        return float(value or 0.0)
 
     def observe_latency(self, seconds: float) -> None:
         """Record one job's latency in ``mammoxai_job_latency_seconds``."""
-        with self._lock:
-            for i, bound in enumerate(self.buckets):
-                if seconds <= bound:
-                    self._hist_counts[i] += 1
-            self._hist_sum += seconds
-            self._hist_n += 1
+        self._latency.observe(seconds)
 
-    def add_gauges(self, fn: Callable[[], list[tuple[str, dict[str, str], float]]]) -> None:
+    def add_gauges(self, fn: GaugeFn) -> None:
         """Register ``fn`` returning ``(name, labels, value)`` gauges, evaluated at each scrape."""
-        self._gauges.append(fn)
+        self._gauges.functions.append(fn)
 
     def render(self) -> str:
-        """The Prometheus text exposition of every metric."""
-        lines: list[str] = []
-        with self._lock:
-            seen: set[str] = set()
-            for (name, labels), value in sorted(self._counters.items()):
-                if name not in seen:
-                    seen.add(name)
-                    lines.append(f"# HELP {name} {self._help.get(name, name)}")
-                    lines.append(f"# TYPE {name} counter")
-                lines.append(f"{name}{_labels(dict(labels))} {value:g}")
-            h = "mammoxai_job_latency_seconds"
-            lines += [f"# HELP {h} seconds from reception of an instance to delivery of its results",
-                      f"# TYPE {h} histogram"]
-            for bound, count in zip(self.buckets, self._hist_counts):
-                lines.append(f'{h}_bucket{{le="{bound:g}"}} {count}')
-            lines += [f'{h}_bucket{{le="+Inf"}} {self._hist_n}', f"{h}_sum {self._hist_sum:g}",
-                      f"{h}_count {self._hist_n}"]
-        gauges: dict[str, list[str]] = {}
-        for fn in self._gauges:
-            try:
-                for name, labels, value in fn():
-                    gauges.setdefault(name, []).append(f"{name}{_labels(labels)} {value:g}")
-            except Exception as exc:  # a broken gauge must not break the scrape
-                log.warning("metrics gauge failed: %s", exc)
-        for name, samples in gauges.items():
-            lines += [f"# TYPE {name} gauge"] + samples
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition (format 0.0.4) of every metric."""
+        return generate_latest(self.registry).decode("utf-8")
 
 
 def gpu_memory_gauges() -> list[tuple[str, dict[str, str], float]]:
@@ -105,20 +106,31 @@ def gpu_memory_gauges() -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
-class HttpServer:
-    """``/healthz`` (200 "ok" while ``healthy()`` is true, else 503) and ``/metrics`` on a local port, in a thread."""
+Health = tuple[str, list[str]]
 
-    def __init__(self, host: str, port: int, metrics: Metrics, healthy: Callable[[], bool] = lambda: True) -> None:
+
+class HttpServer:
+    """``/healthz`` and ``/metrics`` on a local port, in a thread.
+
+    ``health()`` returns ``(state, reasons)``: ``"ok"`` answers 200 ``ok``; ``"degraded"`` (the node runs
+    but needs an operator: disk, destination, stuck or poison jobs) and ``"unhealthy"`` (a thread died,
+    stopping) answer 503 with the state and one reason per line. A callable returning a bool is accepted
+    too (True = ok).
+    """
+
+    def __init__(self, host: str, port: int, metrics: Metrics,
+                 health: Callable[[], Health | bool] = lambda: True) -> None:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - stdlib name
                 if self.path.split("?")[0] == "/healthz":
-                    ok = outer.healthy()
-                    body, code, ctype = (b"ok\n" if ok else b"unhealthy\n"), (200 if ok else 503), "text/plain"
+                    state, reasons = outer.health_state()
+                    body = (f"{state}\n" + "".join(f"{r}\n" for r in reasons)).encode()
+                    code, ctype = (200 if state == "ok" else 503), "text/plain; charset=utf-8"
                 elif self.path.split("?")[0] == "/metrics":
                     body, code = outer.metrics.render().encode(), 200
-                    ctype = "text/plain; version=0.0.4; charset=utf-8"
+                    ctype = CONTENT_TYPE_PLAIN_0_0_4
                 else:
                     body, code, ctype = b"not found\n", 404, "text/plain"
                 self.send_response(code)
@@ -131,10 +143,20 @@ class HttpServer:
                 log.debug("http: " + format, *args)
 
         self.metrics = metrics
-        self.healthy = healthy
+        self.health = health
         self._server = http.server.ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="mammoxai-http", daemon=True)
+
+    def health_state(self) -> Health:
+        """``(state, reasons)`` from the health callable (a failing callable is 'unhealthy')."""
+        try:
+            value: Any = self.health()
+        except Exception as exc:  # noqa: BLE001 - the probe itself must answer
+            return "unhealthy", [f"health check failed: {type(exc).__name__}: {exc}"]
+        if isinstance(value, bool):
+            return ("ok", []) if value else ("unhealthy", [])
+        return value
 
     @property
     def port(self) -> int:

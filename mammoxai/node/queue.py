@@ -6,13 +6,7 @@ before the C-STORE is answered), and WAL mode lets ``mammoxai jobs`` read and
 re-queue while the server writes. One node, one disk: a message broker would
 add a process to operate and nothing this queue lacks.
 
-Job life cycle (``jobs.state``)::
-
-    received --claim--> running --outputs staged--> sending --delivered--> done
-        ^                  |  \\--not a mammogram / our own output--> ignored
-        |                  \\--error, attempts left: back to received; none left--> failed
-        \\-- restart after a crash (running -> received); ``mammoxai jobs retry``
-    sending --destination down--> sending (exponential back-off) ... --max attempts--> dead
+It implements :class:`mammoxai.node.jobstore.JobStore` (life cycle and guarantees there).
 
 ``kind`` is ``instance`` (one received SOP Instance) or ``summary`` (the
 study-level summary, made when a study has been quiet for
@@ -31,15 +25,13 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import MammoxaiError
+from .jobstore import FINAL_STATES, PROCESS_DIED, STATES, Job, JobStore, Recovery
 
-STATES = ("received", "running", "sending", "done", "ignored", "failed", "dead")
-#: states a job never leaves by itself
-FINAL_STATES = ("done", "ignored", "failed", "dead")
+__all__ = ["FINAL_STATES", "PROCESS_DIED", "STATES", "Job", "JobQueue", "QueueError", "Recovery"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -76,48 +68,13 @@ class QueueError(MammoxaiError):
     """A job queue operation is impossible (unknown job id, bad state)."""
 
 
-@dataclass
-class Job:
-    """One row of the queue."""
-
-    id: int
-    kind: str
-    key: str
-    sop_class_uid: str
-    study_uid: str
-    series_uid: str
-    path: str
-    calling_ae: str
-    state: str
-    attempts: int
-    send_attempts: int
-    outputs: int
-    error: str
-    timings: dict[str, float] = field(default_factory=dict)
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    next_attempt_at: float = 0.0
-    revision: int = 0
-
-    @property
-    def sop_instance_uid(self) -> str:
-        """The received instance's SOP Instance UID ('' for a summary job)."""
-        return "" if self.kind == "summary" else self.key
-
-    def describe(self) -> str:
-        """One line for the operator: id, state, attempts, UIDs (no patient data)."""
-        text = (f"{self.id:>6} {self.state:<8} {self.kind:<8} attempts={self.attempts} "
-                f"failed_sends={self.send_attempts} outputs={self.outputs} study={self.study_uid} key={self.key}")
-        return text + (f" error={self.error}" if self.error else "")
-
-
 def _row_to_job(row: sqlite3.Row) -> Job:
     data = dict(row)
     data["timings"] = json.loads(data["timings"] or "{}")
     return Job(**data)
 
 
-class JobQueue:
+class JobQueue(JobStore):
     """The queue in ``path`` (created with its schema if missing). Thread-safe; several processes may open it."""
 
     def __init__(self, path: Path | str) -> None:
@@ -206,25 +163,55 @@ class JobQueue:
         return self._tx(work)
 
     # -- processing ------------------------------------------------------------------------------
-    def claim(self, limit: int = 1) -> list[Job]:
-        """Move up to ``limit`` oldest 'received' jobs to 'running' (attempts + 1) and return them."""
+    def claim(self, limit: int = 1, worker: str = "") -> list[Job]:
+        """Move up to ``limit`` oldest 'received' jobs to 'running' (attempts + 1, committed) and return them.
+
+        The attempt is on disk before the job is processed, so a job that kills the process is
+        counted (:meth:`recover`). A job tried before is claimed alone; only fresh jobs are batched.
+        """
         def work() -> list[Job]:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE state = 'received' ORDER BY id LIMIT ?", (limit,)).fetchall()
+            # summary jobs are made by the worker itself (add_summary), never claimed; one left 'received' by a
+            # crash is reset when its study's summary, still due, is made again
+            first = self._db.execute("SELECT id, attempts FROM jobs WHERE state = 'received' AND kind = 'instance'"
+                                     " ORDER BY id LIMIT 1").fetchone()
+            if first is None:
+                return []
+            if first["attempts"] > 0:
+                ids = [int(first["id"])]
+            else:
+                ids = [int(r["id"]) for r in self._db.execute(
+                    "SELECT id FROM jobs WHERE state = 'received' AND kind = 'instance' AND attempts = 0"
+                    " ORDER BY id LIMIT ?",
+                    (max(1, limit),))]
             now = time.time()
-            for row in rows:
+            for job_id in ids:
                 self._db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?"
-                                 " WHERE id = ?", (now, row["id"]))
-            return [self.get_unlocked(int(r["id"])) for r in rows]
+                                 " WHERE id = ?", (now, job_id))
+            return [self.get_unlocked(job_id) for job_id in ids]
 
         return self._tx(work)
 
-    def recover(self) -> int:
-        """At start-up: jobs left 'running' by a crash go back to 'received'. Returns how many."""
-        with self._lock:
+    def recover(self, max_attempts: int | None = None) -> Recovery:
+        """At start-up: jobs left 'running' by a dead process go back to 'received'.
+
+        With ``max_attempts``, an instance job already claimed that often (each claim is counted
+        before processing) is 'failed' with :data:`PROCESS_DIED`: it killed the process every time.
+        """
+        def work() -> Recovery:
+            now = time.time()
+            given_up: list[int] = []
+            if max_attempts is not None:
+                given_up = [int(r["id"]) for r in self._db.execute(
+                    "SELECT id FROM jobs WHERE state = 'running' AND kind = 'instance' AND attempts >= ?",
+                    (max_attempts,))]
+                for job_id in given_up:
+                    self._db.execute("UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?",
+                                     (PROCESS_DIED, now, job_id))
             cur = self._db.execute("UPDATE jobs SET state = 'received', updated_at = ? WHERE state = 'running'",
-                                   (time.time(),))
-        return cur.rowcount
+                                   (now,))
+            return Recovery(requeued=cur.rowcount, given_up=given_up)
+
+        return self._tx(work)
 
     def requeue(self, job_id: int) -> None:
         """Put a running job back (graceful shutdown); its attempt does not count."""
@@ -402,3 +389,18 @@ class JobQueue:
         with self._lock:
             row = self._db.execute("SELECT MIN(created_at) AS t FROM jobs WHERE state = 'received'").fetchone()
         return 0.0 if row["t"] is None else max(0.0, now - float(row["t"]))
+
+    def stuck(self, older_than_s: float, now: float | None = None) -> list[Job]:
+        """Jobs 'running' for longer than ``older_than_s``, oldest first."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE state = 'running' AND updated_at < ? ORDER BY id",
+                                    (now - older_than_s,)).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def poison_count(self) -> int:
+        """Jobs 'failed' because processing them killed the process (:data:`PROCESS_DIED`)."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) AS n FROM jobs WHERE state = 'failed' AND error = ?",
+                                   (PROCESS_DIED,)).fetchone()
+        return int(row["n"])

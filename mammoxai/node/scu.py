@@ -1,12 +1,14 @@
-"""Sending results: C-STORE SCU, DICOMweb STOW-RS or a folder; and the ``send`` / ``echo`` commands."""
+"""Sending results: C-STORE SCU, DICOMweb STOW-RS or a folder (and the C-STORE / C-ECHO under ``mammoxai send`` /
+``echo``, :mod:`mammoxai.commands`)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -114,7 +116,9 @@ def c_store(files: Sequence[Path], peer: Peer, calling_ae: str, tls: TlsSettings
                     raise SendError(f"{path.name}: {peer} accepts no context for SOP class {UID(sop).name or sop}")
                 if UID(ts).is_compressed:
                     try:
-                        ds.decompress()   # the peer takes it uncompressed only
+                        # the peer takes it uncompressed only; keep the SOP Instance UID (pydicom would
+                        # mint a new one by default, and the archive would keep one copy per retry)
+                        ds.decompress(generate_instance_uid=False)
                     except Exception as exc:
                         raise SendError(f"{path.name}: cannot decompress {UID(ts).name} for {peer}: {exc}") from None
             try:
@@ -158,6 +162,41 @@ class Destination:
 
     def describe(self) -> str:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class TrackedDestination(Destination):
+    """A destination that remembers since when its deliveries fail (for ``/healthz``).
+
+    ``failing_since`` is the time of the first failed :meth:`send` after the last
+    success (``None`` while the last send succeeded or none was tried yet).
+    """
+
+    def __init__(self, inner: Destination) -> None:
+        self.inner = inner
+        self.failing_since: float | None = None
+        self.last_error = ""
+        self._lock = threading.Lock()
+
+    def send(self, files: Sequence[Path]) -> None:
+        try:
+            self.inner.send(files)
+        except Exception as exc:
+            with self._lock:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                self.last_error = str(exc)
+            raise
+        with self._lock:
+            self.failing_since, self.last_error = None, ""
+
+    def failing_for(self, now: float | None = None) -> float:
+        """Seconds the destination has been failing (0 when it is not)."""
+        with self._lock:
+            since = self.failing_since
+        return 0.0 if since is None else max(0.0, (time.time() if now is None else now) - since)
+
+    def describe(self) -> str:
+        return self.inner.describe()
 
 
 class DicomDestination(Destination):
@@ -249,29 +288,3 @@ def make_destination(settings: Settings) -> Destination:
     if d.kind == "dicomweb":
         return DicomWebDestination(str(d.url), d.timeout_s)
     return FolderDestination(d.folder)
-
-
-# -- command line ---------------------------------------------------------------------------------
-def main_send(args: argparse.Namespace, settings: Settings) -> int:
-    """``mammoxai send FILE|DIR... --to AE@HOST:PORT``: C-STORE files; exit 1 when any is refused."""
-    peer = parse_peer(args.to)
-    files = _dicom_files(args.paths)
-    calling = args.calling_ae or settings.node.ae_title
-    results = c_store(files, peer, calling, settings.destination.tls, settings.destination.timeout_s,
-                      skip_non_dicom=True)
-    failed = 0
-    for path, status in results:
-        ok = status in (0x0000, 0xB000, 0xB007, 0xB006)
-        failed += not ok
-        print(f"{'ok' if ok else 'FAILED'} 0x{status:04X} {path}")
-    print(f"sent {len(results) - failed} of {len(results)} to {peer}")
-    return 1 if failed or not results else 0
-
-
-def main_echo(args: argparse.Namespace, settings: Settings) -> int:
-    """``mammoxai echo [--to AE@HOST:PORT]``: C-ECHO (default: the configured destination)."""
-    d = settings.destination
-    peer = parse_peer(args.to) if args.to else Peer(d.ae_title, d.host, d.port)
-    status = c_echo(peer, d.calling_ae_title or settings.node.ae_title, d.tls, d.timeout_s)
-    print(f"C-ECHO {peer}: status 0x{status:04X}")
-    return 0 if status == 0 else 1

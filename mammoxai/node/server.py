@@ -1,12 +1,11 @@
-"""The node: spool + queue + Storage SCP + workers + sender + /healthz and /metrics; ``mammoxai serve``."""
+"""The node: spool + queue + Storage SCP + workers + sender + /healthz and /metrics (run by ``mammoxai serve``,
+:mod:`mammoxai.commands.serve`)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any, Callable
@@ -14,20 +13,21 @@ from typing import Any, Callable
 from ..config import Settings
 from ..errors import MammoxaiError
 from .metrics import HttpServer, Metrics, gpu_memory_gauges
-from .queue import STATES, JobQueue
+from .jobstore import JobStore
+from .queue import PROCESS_DIED, STATES, JobQueue
 from .scp import StorageSCP, adopt_orphans
-from .scu import Destination, make_destination
+from .scu import Destination, TrackedDestination, make_destination
 from .spool import Spool
-from .worker import Sender, Worker
+from .worker import PipelineLike, Sender, Worker
 
 log = logging.getLogger(__name__)
 
-PipelineFactory = Callable[[Settings], Any]
+PipelineFactory = Callable[[Settings], PipelineLike]
 #: environment variable naming another pipeline factory ("module:callable", called with the settings)
 PIPELINE_ENV = "MAMMOXAI_PIPELINE_FACTORY"
 
 
-def default_pipeline_factory(settings: Settings) -> Any:
+def default_pipeline_factory(settings: Settings) -> PipelineLike:
     """:class:`mammoxai.pipeline.Pipeline` (or the factory named by ``$MAMMOXAI_PIPELINE_FACTORY``)."""
     spec = os.environ.get(PIPELINE_ENV)
     if spec:
@@ -51,39 +51,61 @@ class Node:
     """
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory = default_pipeline_factory,
-                 destination: Destination | None = None, scp: bool = True) -> None:
+                 destination: Destination | None = None, scp: bool = True, queue: JobStore | None = None) -> None:
         self.settings = settings
         self.spool = Spool(settings.node.spool_dir)
-        self.queue = JobQueue(self.spool.database)
+        # the job store: the spool's SQLite queue unless another JobStore (e.g. broker-based) is given
+        self.queue: JobStore = queue if queue is not None else JobQueue(self.spool.database)
         self.metrics = Metrics()
         self.stop_event = threading.Event()
         self.work_wake = threading.Event()
         self.send_wake = threading.Event()
         self.pipeline_factory = pipeline_factory
-        self.destination = destination or make_destination(settings)
+        self.destination = TrackedDestination(destination or make_destination(settings))
         self.with_scp = scp
         self.scp: StorageSCP | None = None
         self.http: HttpServer | None = None
         self.workers: list[Worker] = []
         self.sender: Sender | None = None
-        self.pipeline: Any = None
+        self.pipeline: PipelineLike | None = None
+        self.pipelines: list[PipelineLike] = []
         self.started_at = 0.0
+        self._stopped = False
+        self._locked = False
 
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Recover from a crash, load the model once, start workers, sender, HTTP and the SCP (last)."""
+        """Lock the spool, recover from a crash, load the model once, start workers, sender, HTTP and the SCP (last).
+
+        A second process on the same spool stops here with :class:`~mammoxai.node.spool.SpoolError`
+        (before it clears or claims anything). ``serve --once`` (``scp=False``) binds no port at all.
+        """
         self.started_at = time.time()
+        self.spool.lock()
+        self._locked = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+
+    def _start(self) -> None:
         removed = self.spool.clear_tmp()
-        recovered = self.queue.recover()
+        recovery = self.queue.recover(self.settings.node.max_process_attempts)
+        for job_id in recovery.given_up:
+            log.error("job %d failed: %s %d times (node.max_process_attempts); given up", job_id, PROCESS_DIED,
+                      self.settings.node.max_process_attempts)
         adopted = adopt_orphans(self.spool, self.queue)
-        if removed or recovered or adopted:
+        if removed or recovery.requeued or adopted:
             log.info("recovered after a restart: %d job(s) re-queued, %d spooled instance(s) adopted, "
-                     "%d partial file(s) removed", recovered, adopted, removed)
-        self.pipeline = self.pipeline_factory(self.settings)
-        lock = threading.Lock()
-        for i in range(self.settings.node.workers):
-            w = Worker(f"mammoxai-worker-{i}", self.settings, self.queue, self.spool, self.pipeline, self.metrics,
-                       self.stop_event, self.work_wake, lock)
+                     "%d partial file(s) removed", recovery.requeued, adopted, removed)
+        # One pipeline (model + explainers) per worker: explainers keep per-call state, so workers
+        # share nothing and really run in parallel (on a GPU each holds its own model copy).
+        self.pipelines = [self.pipeline_factory(self.settings) for _ in range(self.settings.node.workers)]
+        self.pipeline = self.pipelines[0]
+        for i, pipeline in enumerate(self.pipelines):
+            w = Worker(f"mammoxai-worker-{i}", self.settings, self.queue, self.spool, pipeline, self.metrics,
+                       self.stop_event, self.work_wake)
             w.start()
             self.workers.append(w)
         self.sender = Sender(self.settings, self.queue, self.spool, self.destination, self.metrics,
@@ -93,8 +115,8 @@ class Node:
         self.metrics.add_gauges(gpu_memory_gauges)
         node = self.settings.node
         try:
-            if node.http_port:
-                self.http = HttpServer(node.http_host, node.http_port, self.metrics, self.healthy)
+            if node.http_port and self.with_scp:   # serve --once serves no one: no HTTP port either
+                self.http = HttpServer(node.http_host, node.http_port, self.metrics, self.health)
                 self.http.start()
             if self.with_scp:
                 self.scp = StorageSCP(self.settings, self.spool, self.queue,
@@ -103,7 +125,6 @@ class Node:
                                           "instances", event=name, help="C-STORE requests by outcome"))
                 self.scp.start()
         except OSError as exc:
-            self.stop(timeout=5)
             raise NodeError(f"cannot listen (node.host {node.host}:{node.port}, node.http_host "
                             f"{node.http_host}:{node.http_port}): {exc.strerror or exc}") from None
 
@@ -112,6 +133,46 @@ class Node:
         threads_ok = all(w.is_alive() for w in self.workers) and self.sender is not None and self.sender.is_alive()
         return threads_ok and (not self.with_scp or self.scp is not None) and not self.stop_event.is_set()
 
+    def health(self) -> tuple[str, list[str]]:
+        """``("ok" | "degraded" | "unhealthy", reasons)`` for ``/healthz``.
+
+        Unhealthy: a worker or the sender died, or the node is stopping. Degraded (it runs, an operator
+        is needed): the spool below ``node.disk_free_watermark_mb``, the destination failing for longer
+        than ``node.destination_alert_s``, a job running longer than ``node.job_budget_s``, or poison
+        jobs (given up because the process died while running them).
+        """
+        if not self.healthy():
+            return "unhealthy", ["a worker or the sender thread is not running, or the node is stopping"]
+        reasons = [text for _, text in self._degraded()]
+        return ("degraded", reasons) if reasons else ("ok", [])
+
+    def _degraded(self) -> list[tuple[str, str]]:
+        """(gauge label, reason) of each degradation now."""
+        node = self.settings.node
+        out = []
+        free = self.spool.free_mb()
+        if free < node.disk_free_watermark_mb:
+            out.append(("disk", f"spool disk: {free:.0f} MB free, below node.disk_free_watermark_mb "
+                                f"{node.disk_free_watermark_mb:g}"))
+        failing = self.destination.failing_for()
+        if failing > node.destination_alert_s:
+            out.append(("destination", f"destination {self.destination.describe()} failing for {failing:.0f} s "
+                                       f"(node.destination_alert_s {node.destination_alert_s:g}): "
+                                       f"{self.destination.last_error[:200]}"))
+        overdue = self._overdue_jobs()
+        if overdue:
+            out.append(("job_over_budget", f"{len(overdue)} job(s) running longer than node.job_budget_s "
+                                           f"{node.job_budget_s:g} s: " + ", ".join(str(j.id) for j in overdue[:10])))
+        poison = self.queue.poison_count()
+        if poison:
+            out.append(("poison_jobs", f"{poison} poison job(s) given up ({PROCESS_DIED}); see "
+                                       "`mammoxai jobs failed`"))
+        return out
+
+    def _overdue_jobs(self) -> list[Any]:
+        return self.queue.stuck(self.settings.node.job_budget_s)
+
+
     def _gauges(self) -> list[tuple[str, dict[str, str], float]]:
         counts = self.queue.counts()
         out = [("mammoxai_jobs", {"state": s}, float(counts[s])) for s in STATES]
@@ -119,6 +180,13 @@ class Node:
         out.append(("mammoxai_send_backlog", {}, float(counts["sending"])))
         out.append(("mammoxai_oldest_waiting_seconds", {}, self.queue.oldest_waiting_age()))
         out.append(("mammoxai_uptime_seconds", {}, time.time() - self.started_at))
+        out.append(("mammoxai_spool_free_bytes", {}, self.spool.free_mb() * 1024 * 1024))
+        out.append(("mammoxai_destination_failing_seconds", {}, self.destination.failing_for()))
+        out.append(("mammoxai_jobs_over_budget", {}, float(len(self._overdue_jobs()))))
+        out.append(("mammoxai_poison_jobs", {}, float(self.queue.poison_count())))
+        degraded = {label for label, _ in self._degraded()}
+        for label in ("disk", "destination", "job_over_budget", "poison_jobs"):
+            out.append(("mammoxai_degraded", {"reason": label}, float(label in degraded)))
         return out
 
     def idle(self) -> bool:
@@ -131,7 +199,14 @@ class Node:
         """Graceful stop: no new associations, workers finish the batch in hand, then everything closes.
 
         A batch still running after ``timeout`` is re-queued (its jobs go back to 'received').
+        Calling it again (or after a failed :meth:`start`) does nothing.
         """
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self._locked:   # never started (e.g. the spool is another process's): touch nothing
+            self.queue.close()
+            return
         if self.scp is not None:
             self.scp.stop(timeout=min(timeout, 30.0))
         self.stop_event.set()
@@ -140,53 +215,17 @@ class Node:
         deadline = time.time() + timeout
         for t in [*self.workers, *( [self.sender] if self.sender else [])]:
             t.join(max(0.0, deadline - time.time()))
-        still = self.queue.list(["running"])
-        for job in still:
-            self.queue.requeue(job.id)
-        if still:
-            log.warning("re-queued %d job(s) still running at shutdown", len(still))
+        try:
+            still = self.queue.list(["running"])
+            for job in still:
+                self.queue.requeue(job.id)
+            if still:
+                log.warning("re-queued %d job(s) still running at shutdown", len(still))
+        except Exception as exc:  # noqa: BLE001 - e.g. "database or disk is full": recover() re-queues at start
+            log.error("could not re-queue the running job(s) at shutdown (%s); the next start does", exc)
         if self.http is not None:
             self.http.stop()
             self.http = None
         self.queue.close()
+        self.spool.unlock()
         log.info("node stopped")
-
-
-def main_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``mammoxai serve [--port N] [--ae-title AE] [--once]``: run until SIGTERM/SIGINT (graceful stop)."""
-    if getattr(args, "port", None) is not None:
-        settings.node.port = args.port
-    if getattr(args, "ae_title", None):
-        settings.node.ae_title = args.ae_title
-    once = bool(getattr(args, "once", False))
-    node = Node(settings, scp=not once)
-    stop = threading.Event()
-
-    def _signal(signum: int, _frame: Any) -> None:
-        log.info("signal %s: stopping (finishing the job in hand)", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        node.start()
-        if once:
-            settings.node.study_quiet_seconds = 0.0
-            while not stop.is_set() and not node.idle():
-                # a destination that is down leaves jobs 'sending' with a back-off: give up on them for now
-                counts = node.queue.counts()
-                backing_off = node.queue.list(["sending"])
-                if (counts["received"] + counts["running"] == 0 and backing_off
-                        and all(j.send_attempts > 0 and j.next_attempt_at > time.time() for j in backing_off)
-                        and not node.queue.due_summaries(0.0, now=float("inf"))):
-                    log.warning("%d job(s) still waiting for the destination; they stay queued", len(backing_off))
-                    break
-                stop.wait(0.2)
-        else:
-            log.info("node %s ready: SCP port %d, %d worker(s), results to %s", settings.node.ae_title,
-                     node.scp.port if node.scp else 0, settings.node.workers, node.destination.describe())
-            stop.wait()
-    finally:
-        node.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return 0

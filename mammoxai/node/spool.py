@@ -5,8 +5,13 @@ Layout under ``node.spool_dir``::
     tmp/                 partial files (same file system, so a rename commits them)
     instances/UID.dcm    received instances, named by SOP Instance UID (Part 10 files)
     outputs/JOB/NN.dcm   results staged for sending, one folder per job, committed by renaming the folder
-    results/JOB.pkl      slim per-image results kept for the study-level summary
+    results/JOB.json     what the study summary needs of a processed image (mammoxai.outcome.SummaryRecord),
+                         deleted once the study's summary is staged or found unnecessary
     queue.sqlite         the job queue (see :mod:`mammoxai.node.queue`)
+    lock                 held (``flock``) by the one node process serving this spool
+
+Received data sets stream into ``tmp/`` too (never ``$TMPDIR``), so ``clear_tmp`` at start removes
+what a crash or an aborted association left half-received.
 
 Every file is written to ``tmp/``, ``fsync``-ed, renamed into place and its
 folder ``fsync``-ed, so a ``kill -9`` or power loss leaves either the complete
@@ -16,6 +21,8 @@ file or nothing. Nothing half-written is ever visible under its final name.
 from __future__ import annotations
 
 import errno
+import fcntl
+import io
 import os
 import re
 import shutil
@@ -68,6 +75,36 @@ class Spool:
         if not os.access(self.root, os.W_OK):
             raise SpoolError(f"{self.root}: spool directory is not writable")
 
+    def lock(self) -> None:
+        """Take the spool's lock for this process; :class:`SpoolError` when another process holds it.
+
+        Two node processes on one spool would both claim work and clear each
+        other's partial files; the lock (``flock``, released by the kernel when
+        the process dies, even by ``kill -9``) makes the second one stop at start.
+        """
+        if getattr(self, "_lock_fd", None) is not None:
+            return
+        path = self.root / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise SpoolError(f"{self.root}: spool is in use by another mammoxai process (pid {holder}); "
+                             "stop it first, or give this one its own node.spool_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd: int | None = fd
+
+    def unlock(self) -> None:
+        """Release the lock taken by :meth:`lock` (no-op when not held)."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     @property
     def database(self) -> Path:
         """The SQLite job queue file."""
@@ -118,10 +155,14 @@ class Spool:
     def write_bytes(self, destination: Path, data: bytes) -> Path:
         """Write ``data`` to ``destination`` atomically."""
         part = self.temp_path()
-        with open(part, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(part, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         os.replace(part, destination)
         fsync_dir(destination.parent)
         return destination
@@ -135,13 +176,26 @@ class Spool:
         is replaced.
         """
         final = self.outputs / str(job_id)
+        encoded = []
+        for ds in datasets:
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            encoded.append(buffer.getvalue())
+        names = [f"{index:03d}.dcm" for index in range(len(encoded))]
+        if final.is_dir() and sorted(p.name for p in final.glob("*.dcm")) == names and all(
+                (final / name).read_bytes() == data for name, data in zip(names, encoded)):
+            return final   # the same outputs are staged already: never rewrite them
         part = self.tmp / f"out-{job_id}-{uuid.uuid4().hex}"
-        part.mkdir()
-        for index, ds in enumerate(datasets):
-            path = part / f"{index:03d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            _fsync_file(path)
-        fsync_dir(part)
+        try:
+            part.mkdir()
+            for name, data in zip(names, encoded):
+                path = part / name
+                path.write_bytes(data)
+                _fsync_file(path)
+            fsync_dir(part)
+        except BaseException:
+            shutil.rmtree(part, ignore_errors=True)   # a full disk must not leave half a set behind
+            raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(part, final)
@@ -168,5 +222,9 @@ class Spool:
             path.unlink(missing_ok=True)
 
     def result_path(self, job_id: int) -> Path:
-        """Where a job's slim result for the study summary is kept."""
-        return self.results / f"{job_id}.pkl"
+        """Where a job's summary record (JSON) is kept until its study's summary no longer needs it."""
+        return self.results / f"{job_id}.json"
+
+    def remove_result(self, job_id: int) -> None:
+        """Delete a job's summary record (no-op when there is none)."""
+        self.result_path(job_id).unlink(missing_ok=True)

@@ -3,76 +3,112 @@
 Crash safety comes from ordering, each step durable before the next:
 
 1. the SCP commits the instance file, then the job ('received'), then answers Success;
-2. a worker claims jobs ('running'), runs the pipeline, gives the outputs
-   deterministic UIDs (:mod:`mammoxai.node.uids`), stages them all-or-nothing
-   (:meth:`Spool.stage_outputs`), then marks the job 'sending';
+2. a worker claims jobs ('running', the attempt counted on disk first), runs the pipeline (whose
+   outputs carry deterministic UIDs, :mod:`mammoxai.dicom_io.identity`), keeps the study-summary
+   record (``results/JOB.json``), stages the outputs all-or-nothing (:meth:`Spool.stage_outputs`),
+   then marks the job 'sending';
 3. the sender C-STOREs the staged files, then marks the job 'done'.
 
 A ``kill -9`` between any two steps replays at most the last step after the
-restart ('running' jobs go back to 'received'); replays produce the same SOP
-Instance UIDs, which the archive stores once. Half-written outputs are never
-visible, so never sent.
+restart ('running' jobs go back to 'received', or are given up after
+``node.max_process_attempts`` claims: :data:`~mammoxai.node.jobstore.PROCESS_DIED`);
+replays produce the same SOP Instance UIDs, which the archive stores once.
+Half-written outputs are never visible, so never sent.
+
+Disk: below ``node.disk_free_watermark_mb`` a worker claims nothing; a write that fails for
+lack of space puts the job back without counting an attempt (nothing is lost) and the worker
+waits for space. The sender keeps delivering (delivery is what frees the spool) but backs off
+when it cannot record an outcome, so it never re-sends in a loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import logging
-import pickle
+import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from pydicom.dataset import Dataset
 
 from ..config import Settings
+from ..outcome import ImageOutcome, RecordError, SummaryRecord
+from .jobstore import Job, JobStore
 from .metrics import Metrics
-from .queue import Job, JobQueue
 from .scu import Destination, SendError
 from .spool import Spool
-from .uids import make_deterministic
 
 log = logging.getLogger(__name__)
 
 
-
 class PipelineLike(Protocol):
-    """What the node needs from :class:`mammoxai.pipeline.Pipeline`."""
+    """What the node needs from :class:`mammoxai.pipeline.Pipeline` (one per worker: never shared)."""
 
-    def process(self, paths: list[Path]) -> list[Any]: ...
+    def outcomes(self, paths: list[Path]) -> list[ImageOutcome]: ...
 
-    def study_summary(self, items: list[Any]) -> Any: ...
-
-
-#: long side (px) of the heatmaps kept for the study summary (which reads predictions, not maps)
-SUMMARY_MAP_SIZE = 64
+    def study_summary(self, records: list[SummaryRecord]) -> Dataset | None: ...
 
 
-def _slim(item: Any) -> Any:
-    """A copy of a ProcessedImage small enough to keep on disk for the study summary.
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` means the spool's file system is full (or over quota)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
-    No outputs, no mammogram pixels, heatmaps decimated to at most
-    :data:`SUMMARY_MAP_SIZE` px; headers, predictions and map metadata intact.
+
+class DiskGate:
+    """``node.disk_free_watermark_mb`` for the writers of one node: :meth:`ok` before each write.
+
+    After a write failed for lack of space (:meth:`full`), :meth:`ok` says no for a back-off
+    (0.5 s, doubling up to :attr:`MAX_BACKOFF_S`) whatever the watermark, so a full disk is
+    retried now and then, never in a loop; a write that succeeds (:meth:`wrote`) resets it.
     """
-    try:
-        import numpy as np
 
-        changes: dict[str, Any] = {"outputs": []}
-        mammogram = getattr(item, "mammogram", None)
-        if mammogram is not None and dataclasses.is_dataclass(mammogram) and hasattr(mammogram, "pixels"):
-            changes["mammogram"] = dataclasses.replace(mammogram, pixels=np.zeros((1, 1), dtype="float32"))
-        result = getattr(item, "result", None)
-        if result is not None and dataclasses.is_dataclass(result) and getattr(result, "maps", None):
-            maps = []
-            for m in result.maps:
-                heat = getattr(m, "heatmap", None)
-                if isinstance(heat, np.ndarray) and heat.ndim == 2:
-                    step = max(1, -(-max(heat.shape) // SUMMARY_MAP_SIZE))
-                    m = dataclasses.replace(m, heatmap=np.ascontiguousarray(heat[::step, ::step]))
-                maps.append(m)
-            changes["result"] = dataclasses.replace(result, maps=tuple(maps))
-        return dataclasses.replace(item, **changes) if dataclasses.is_dataclass(item) else item
-    except Exception:  # the summary is best effort; never lose the job over it
-        return item
+    MAX_BACKOFF_S = 10.0
+
+    def __init__(self, spool: Spool, watermark_mb: float) -> None:
+        self.spool = spool
+        self.watermark_mb = watermark_mb
+        self.low = False
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+
+    def ok(self) -> bool:
+        """True while the spool has at least the watermark free (and no recent write failed); logs changes."""
+        with self._lock:
+            if time.monotonic() < self._retry_at:
+                return False
+        try:
+            free = self.spool.free_mb()
+        except OSError:
+            free = 0.0
+        low = free < self.watermark_mb
+        with self._lock:
+            if low != self.low:
+                if low:
+                    log.warning("spool %s: %.1f MB free, below node.disk_free_watermark_mb %g: no new work is "
+                                "claimed until space returns", self.spool.root, free, self.watermark_mb)
+                else:
+                    log.info("spool %s: %.1f MB free: claiming work again", self.spool.root, free)
+                self.low = low
+        return not low
+
+    def full(self) -> None:
+        """A write just failed for lack of space: claim nothing for a while (back-off), then look again."""
+        with self._lock:
+            self._backoff = min(self.MAX_BACKOFF_S, max(0.5, 2 * self._backoff))
+            self._retry_at = time.monotonic() + self._backoff
+            if not self.low:
+                log.warning("spool %s: disk full: no new work is claimed until space returns", self.spool.root)
+            self.low = True
+
+    def wrote(self) -> None:
+        """A write succeeded: forget the back-off."""
+        with self._lock:
+            self._backoff = 0.0
 
 
 def format_timings(timings: dict[str, float]) -> str:
@@ -86,11 +122,18 @@ def format_timings(timings: dict[str, float]) -> str:
 
 
 class Worker(threading.Thread):
-    """Claims up to ``node.batch_images`` waiting jobs at a time and runs the pipeline on them."""
+    """Claims up to ``node.batch_images`` waiting jobs at a time and runs its own pipeline on them.
 
-    def __init__(self, name: str, settings: Settings, queue: JobQueue, spool: Spool, pipeline: PipelineLike,
+    Each worker owns its pipeline (model and explainers keep per-call state), so several workers
+    run in parallel. Study summaries are made between batches, as soon as their study is quiet.
+    """
+
+    #: one worker at a time makes study summaries (two would make the same summary twice)
+    _summaries = threading.Lock()
+
+    def __init__(self, name: str, settings: Settings, queue: JobStore, spool: Spool, pipeline: PipelineLike,
                  metrics: Metrics, stop: threading.Event, wake: threading.Event,
-                 pipeline_lock: threading.Lock | None = None) -> None:
+                 disk: DiskGate | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.settings = settings
         self.queue = queue
@@ -99,16 +142,20 @@ class Worker(threading.Thread):
         self.metrics = metrics
         self.stop_event = stop
         self.wake = wake
-        self.pipeline_lock = pipeline_lock or threading.Lock()
+        self.disk = disk or DiskGate(spool, settings.node.disk_free_watermark_mb)
         self.idle = threading.Event()
         self.busy_since: float | None = None
+        self._put_back: list[int] = []   # jobs to re-queue once the disk lets us write again
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
                 did = self.step()
-            except Exception:
-                log.exception("worker %s: unexpected error", self.name)
+            except Exception as exc:
+                if disk_full(exc):
+                    self.disk.full()
+                else:
+                    log.exception("worker %s: unexpected error", self.name)
                 did = False
             if not did:
                 self.idle.set()
@@ -116,120 +163,157 @@ class Worker(threading.Thread):
                 self.wake.clear()
 
     def step(self) -> bool:
-        """Process one batch (or one due study summary). Returns False when there was nothing to do."""
-        jobs = self.queue.claim(self.settings.node.batch_images)
+        """Make due study summaries, then process one batch. Returns False when there was nothing to do."""
+        if self._put_back:
+            for job_id in list(self._put_back):
+                self.queue.requeue(job_id)
+                self._put_back.remove(job_id)
+        if not self.disk.ok():
+            return False
+        did = self.summarise_due()
+        jobs = self.queue.claim(self.settings.node.batch_images, worker=self.name)
         if jobs:
             self.idle.clear()
             self.process(jobs)
             return True
-        return self.summarise_due()
+        return did
 
     def process(self, jobs: list[Job]) -> None:
         """Run the pipeline on claimed jobs and record each outcome."""
         self.busy_since = time.time()
+        try:
+            self._process(jobs)
+        finally:
+            self.busy_since = None
+
+    def _process(self, jobs: list[Job]) -> None:
         paths = [Path(j.path) for j in jobs]
         try:
-            with self.pipeline_lock:
-                items = self.pipeline.process(paths)
-            if len(items) != len(jobs):
-                raise RuntimeError(f"pipeline returned {len(items)} results for {len(jobs)} files")
+            outcomes = self.pipeline.outcomes(paths)
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"pipeline returned {len(outcomes)} results for {len(jobs)} files")
         except Exception as exc:
+            if disk_full(exc):
+                self._disk_full(jobs, exc)
+                return
             if len(jobs) > 1:
                 # one image may have broken the batch: process them one by one, so it fails alone
                 log.warning("pipeline failed on a batch of %d (%s); processing them one by one", len(jobs), exc)
-                self.busy_since = None
                 for job in jobs:
-                    self.process([job])
+                    self._process([job])
                 return
             log.exception("pipeline failed on job %d", jobs[0].id)
-            for job in jobs:
-                state = self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", self.settings.node.max_process_attempts)
-                if state == "failed":
-                    self.metrics.inc("jobs_failed", stage="process", help="jobs that failed")
-            self.busy_since = None
+            state = self.queue.mark_failed(jobs[0].id, f"{type(exc).__name__}: {exc}",
+                                           self.settings.node.max_process_attempts)
+            if state == "failed":
+                self.metrics.inc("jobs_failed", stage="process", help="jobs that failed")
             return
-        for job, item in zip(jobs, items):
+        for i, (job, outcome) in enumerate(zip(jobs, outcomes)):
             try:
-                self._record(job, item)
+                if outcome.status == "done" and not self.disk.ok():
+                    raise OSError(errno.ENOSPC, "spool below node.disk_free_watermark_mb")
+                self._record(job, outcome)
+                self.disk.wrote()
             except Exception as exc:
+                if disk_full(exc):
+                    self._disk_full(jobs[i:], exc)
+                    return
                 log.exception("job %d: cannot record its result", job.id)
-                self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}", self.settings.node.max_process_attempts)
-        self.busy_since = None
+                self.queue.mark_failed(job.id, f"{type(exc).__name__}: {exc}",
+                                       self.settings.node.max_process_attempts)
 
-    def _record(self, job: Job, item: Any) -> None:
-        timings = {k: float(v) for k, v in (getattr(item, "timings", None) or {}).items()}
-        status = getattr(item, "status", "failed")
-        reason = str(getattr(item, "reason", "") or "")
-        if status == "ignored":
-            self.queue.mark_ignored(job.id, reason or "ignored by the pipeline", timings)
+    def _disk_full(self, jobs: list[Job], exc: BaseException) -> None:
+        """No space to record results: the jobs go back (their attempt not counted) once the queue can be written."""
+        self.disk.full()
+        log.warning("spool full while recording %d job(s) (%s); they are processed again when space returns",
+                    len(jobs), exc)
+        for job in jobs:
+            self.spool.remove_result(job.id)
+            try:
+                self.queue.requeue(job.id)
+            except Exception as again:  # noqa: BLE001 - the queue itself may be unable to write now
+                if not disk_full(again):
+                    raise
+                self._put_back.append(job.id)
+
+    def _record(self, job: Job, outcome: ImageOutcome) -> None:
+        timings = {k: float(v) for k, v in outcome.timings.items()}
+        if outcome.status == "ignored":
+            self.queue.mark_ignored(job.id, outcome.reason or "ignored by the pipeline", timings)
             self.spool.remove_instance(job.path)
-            log.info("job %d ignored: sop=%s study=%s: %s", job.id, job.key, job.study_uid, reason)
+            log.info("job %d ignored: sop=%s study=%s: %s", job.id, job.key, job.study_uid, outcome.reason)
             self.metrics.inc("jobs_ignored", help="instances not processed (not a mammogram, our own output)")
             return
-        if status != "done":
-            self.queue.mark_failed(job.id, reason or "pipeline failure", 1)
-            log.error("job %d failed: sop=%s study=%s: %s", job.id, job.key, job.study_uid, reason)
+        if outcome.status != "done":
+            self.queue.mark_failed(job.id, outcome.reason or "pipeline failure", 1)
+            log.error("job %d failed: sop=%s study=%s: %s", job.id, job.key, job.study_uid, outcome.reason)
             self.metrics.inc("jobs_failed", stage="process", help="jobs that failed")
             return
-        outputs = list(getattr(item, "outputs", None) or [])
-        # the slim result for the study summary first: it must exist once the job leaves 'running'
-        part = self.spool.tmp / f"res-{job.id}.pkl"
-        with open(part, "wb") as fh:
-            pickle.dump(_slim(item), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        self.spool.commit_file(part, self.spool.result_path(job.id))
-        if not outputs:
+        # the summary record first: it must exist once the job leaves 'running'
+        if outcome.record is not None:
+            self.spool.write_bytes(self.spool.result_path(job.id), outcome.record.to_json().encode())
+        if not outcome.outputs:
             self.queue.mark_done(job.id, timings)
             self.spool.remove_instance(job.path)
             log.info("job %d done: sop=%s study=%s: no outputs %s", job.id, job.key, job.study_uid,
                      format_timings(timings))
             return
-        if not getattr(self.pipeline, "deterministic_uids", False):
-            make_deterministic(outputs, job.key)
-        self.spool.stage_outputs(job.id, outputs)
-        self.queue.mark_sending(job.id, len(outputs), timings)
+        self.spool.stage_outputs(job.id, outcome.outputs)
+        self.queue.mark_sending(job.id, len(outcome.outputs), timings)
         self.metrics.inc("jobs_processed", help="instances processed by the pipeline")
 
     def summarise_due(self) -> bool:
-        """Make the study-level summary of every study quiet for ``node.study_quiet_seconds``."""
-        did = False
-        for study in self.queue.due_summaries(self.settings.node.study_quiet_seconds):
-            did = True
-            started = time.time()
-            try:
-                self._summarise(study)
-            except Exception:
-                log.exception("study %s: summary failed", study)
-            finally:
+        """Make the summary of every study quiet for ``node.study_quiet_seconds`` (whatever else is waiting)."""
+        if not Worker._summaries.acquire(blocking=False):
+            return False
+        try:
+            did = False
+            for study in self.queue.due_summaries(self.settings.node.study_quiet_seconds):
+                did = True
+                started = time.time()
+                self._summarise(study)   # a full disk raises: the summary stays due
                 # marked after the summary job exists, so the node never looks idle in between
                 self.queue.summary_made(study, started)
-        return did
+            return did
+        finally:
+            Worker._summaries.release()
 
     def _summarise(self, study: str) -> None:
         jobs = [j for j in self.queue.list(["sending", "done"], study_uid=study) if j.kind == "instance"]
-        items = []
+        records: list[SummaryRecord] = []
+        missing: list[int] = []
         for job in jobs:
             try:
-                with open(self.spool.result_path(job.id), "rb") as fh:
-                    items.append(pickle.load(fh))
-            except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-                log.warning("study %s: result of job %d unavailable for the summary: %s", study, job.id, exc)
-        if not items:
-            return
-        with self.pipeline_lock:
-            summary = self.pipeline.study_summary(items)
-        if summary is None:
-            return
-        job_id = self.queue.add_summary(study)
-        outputs = make_deterministic([summary], f"summary:{study}")
-        self.spool.stage_outputs(job_id, outputs)
-        self.queue.mark_sending(job_id, len(outputs))
-        log.info("job %d summary: study=%s from %d images", job_id, study, len(items))
+                records.append(SummaryRecord.from_json(self.spool.result_path(job.id).read_text()))
+            except FileNotFoundError:
+                missing.append(job.id)
+            except (OSError, RecordError) as exc:
+                log.warning("study %s: summary record of job %d unreadable: %s", study, job.id, exc)
+                missing.append(job.id)
+        if missing:
+            # never replace a summary with one that leaves out views it had: the views' own SRs stand
+            log.warning("study %s: summary not remade: the records of job(s) %s are no longer kept "
+                        "(they were summarised before)", study, ", ".join(map(str, missing)))
+        elif records:
+            try:
+                summary = self.pipeline.study_summary(records)
+                if summary is not None:
+                    job_id = self.queue.add_summary(study)
+                    self.spool.stage_outputs(job_id, [summary])   # its UIDs are the study's (identity.summary_identity)
+                    self.queue.mark_sending(job_id, 1)
+                    log.info("job %d summary: study=%s from %d images", job_id, study, len(records))
+            except Exception as exc:
+                if disk_full(exc):
+                    raise   # the records stay: the summary is made when space returns
+                log.exception("study %s: summary failed", study)
+        for job in jobs:   # summarised (or not needed): the records, which copy the headers, go
+            self.spool.remove_result(job.id)
 
 
 class Sender(threading.Thread):
     """Delivers staged outputs of 'sending' jobs, with exponential back-off and a dead-letter state."""
 
-    def __init__(self, settings: Settings, queue: JobQueue, spool: Spool, destination: Destination,
+    def __init__(self, settings: Settings, queue: JobStore, spool: Spool, destination: Destination,
                  metrics: Metrics, stop: threading.Event, wake: threading.Event) -> None:
         super().__init__(name="mammoxai-sender", daemon=True)
         self.settings = settings
@@ -242,11 +326,20 @@ class Sender(threading.Thread):
         self.passes = 0
 
     def run(self) -> None:
+        pause = 0.0
         while not self.stop_event.is_set():
             try:
                 did = self.step()
-            except Exception:
-                log.exception("sender: unexpected error")
+                pause = 0.0
+            except Exception as exc:
+                # cannot record an outcome (disk full, database locked): back off, never re-send in a loop
+                d = self.settings.destination
+                pause = min(d.backoff_max_s, max(d.backoff_initial_s, 2 * pause))
+                if disk_full(exc):
+                    log.warning("sender: spool full, cannot record deliveries; pausing %.1f s", pause)
+                else:
+                    log.exception("sender: unexpected error; pausing %.1f s", pause)
+                self.stop_event.wait(pause)
                 did = False
             self.passes += 1
             if not did:

@@ -17,6 +17,7 @@ from mammoxai.dicom_io import read_mammogram
 from mammoxai.dicom_io.mammogram import Mammogram
 from mammoxai.dicom_io.synthetic import write_phantom_dicom
 from mammoxai.dicom_io.results import AlgorithmInfo, ImageResult, MethodMap
+from mammoxai.explainers import method_record
 
 DCIODVFY = shutil.which("dciodvfy")
 
@@ -58,8 +59,6 @@ def make_result(shape: tuple[int, int], *, methods: tuple[str, ...] = (
         malignant: float = 0.83, failures: dict[str, str] | None = None) -> ImageResult:
     """An ImageResult with Gaussian-blob maps (``saliency`` signed), quality scores and parameters."""
     rows, cols = shape
-    names = {"gradcam": "Grad-CAM", "lrp": "LRP", "integrated_gradients": "Integrated Gradients",
-             "lime": "LIME", "saliency": "Saliency (signed)", "occlusion": "Occlusion"}
     maps = []
     for i, method in enumerate(methods):
         centre = (rows * (0.3 + 0.1 * i), cols * (0.35 + 0.05 * i))
@@ -69,7 +68,9 @@ def make_result(shape: tuple[int, int], *, methods: tuple[str, ...] = (
             hm = hm - gaussian(shape, (rows * 0.75, cols * 0.3), min(rows, cols) * 0.06)
         else:  # a second, weaker blob
             hm = hm + 0.6 * gaussian(shape, (rows * 0.7, cols * 0.6), min(rows, cols) * 0.05)
-        maps.append(MethodMap(method=method, display_name=names.get(method, method), heatmap=hm, signed=signed,
+        record = method_record(method)     # the explainer class's record, as the pipeline hands it down
+        maps.append(MethodMap(method=method, display_name=record.display_name, code=record.code,
+                              series_slot=record.series_slot, family=record.family, heatmap=hm, signed=signed,
                               parameters={"steps": 16, "layer": "layer4"} if method == "integrated_gradients"
                               else {"layer": "layer4"},
                               seconds=0.5 + i, quality={"faithfulness": 0.71 - 0.1 * i, "sparseness": 0.4,

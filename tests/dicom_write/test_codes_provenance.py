@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
 from mammoxai.dicom_io import codes
+from mammoxai.dicom_io.results import MethodMap
 from mammoxai.dicom_io.provenance import (
     contributing_equipment,
     copy_patient_and_study,
@@ -16,12 +18,14 @@ from mammoxai.dicom_io.provenance import (
 
 
 def test_codes_fit_dicom_and_are_stable():
-    assert codes.method_code("gradcam").value == "MXAI-M-GCAM"
-    new = codes.method_code("brand_new_method", "Brand New")
-    assert new == codes.method_code("brand_new_method") and new.value.startswith("MXAI-M-")
+    gradcam = MethodMap("gradcam", "Grad-CAM", np.zeros((2, 2), np.float32), signed=False, code="GCAM")
+    assert codes.method_code(gradcam) == codes.private("MXAI-M-GCAM", "Grad-CAM")
+    plugin = MethodMap("brand_new_method", "Brand New", np.zeros((2, 2), np.float32), signed=False)
+    new = codes.method_code(plugin)
+    assert new.value.startswith("MXAI-M-") and new.meaning == "Brand New" and new == codes.method_code(plugin)
     assert codes.quality_code("faithfulness").value == "MXAI-Q-FAITH"
     for code in (new, codes.quality_code("x" * 80), codes.class_code("calcification"),
-                 codes.class_probability_code("benign"), *[codes.method_code(m) for m in codes.METHOD_CODES]):
+                 codes.class_probability_code("benign"), codes.method_code(gradcam)):
         assert len(code.value) <= 16 and code.scheme_designator == "99MAMMOXAI" and len(code.meaning) <= 64
     assert codes.class_code("Malignant").value == "21594007" and codes.class_code("benign").value == "30807003"
     assert codes.laterality_code("L").value == "7771000" and codes.laterality_code(None) is None

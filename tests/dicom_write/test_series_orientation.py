@@ -1,45 +1,27 @@
-"""Series numbers / UIDs / descriptions and the Patient Orientation of written images."""
+"""The reserved Series Number range and the Patient Orientation of written images (identity: test_identity.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from mammoxai.dicom_io.orientation import display_orientation, stored_orientation
-from mammoxai.dicom_io.series import SERIES_OFFSETS, SERIES_SPAN, in_our_range, series_info, series_uid
-
-STUDY = "1.2.3.4.5"
-
-
-def test_series_uid_is_deterministic_2_25_and_distinct_per_kind():
-    a = series_uid(STUDY, "sr")
-    assert a == series_uid(STUDY, "sr") and a.startswith("2.25.") and len(a) <= 64
-    uids = {series_uid(STUDY, k) for k in SERIES_OFFSETS if k != "sc"}
-    uids |= {series_uid(STUDY, "sc", "gradcam"), series_uid(STUDY, "sc", "lrp"),
-             series_uid(STUDY, "sc", "gradcam", "L"), series_uid("1.2.3.4.6", "sr")}
-    assert len(uids) == len(SERIES_OFFSETS) - 1 + 4
+from mammoxai.dicom_io.series import (
+    MAX_SERIES_SLOT,
+    METHOD_SERIES_OFFSET,
+    SERIES_OFFSETS,
+    SERIES_SPAN,
+    UNRECORDED_METHOD_OFFSET,
+    in_our_range,
+)
 
 
-def test_series_info_numbers_and_descriptions():
-    info = series_info(STUDY, "sr", 9100)
-    assert (info.series_number, info.series_description) == (9103, "mammoxai SR")
-    sc = series_info(STUDY, "sc", 9100, method="gradcam", display_name="Grad-CAM", laterality="L")
-    assert sc.series_description == "mammoxai Grad-CAM L"
-    assert 9110 <= sc.series_number < 9100 + SERIES_SPAN
-    other = series_info(STUDY, "sc", 9100, method="some_new_method")
-    assert 9140 <= other.series_number < 9190
-    assert series_info(STUDY, "seg", 500).series_number == 504
+def test_series_range():
     assert in_our_range(9100, 9100) and in_our_range(9199, 9100) and not in_our_range(9200, 9100)
     assert not in_our_range(None, 9100) and not in_our_range(1, 9100)
-
-
-@pytest.mark.parametrize("kind,method", [("nope", None), ("sc", None), ("sr", "gradcam")])
-def test_series_info_rejects_bad_kinds(kind, method):
-    with pytest.raises(ValueError):
-        series_info(STUDY, kind, 9100, method=method)
-    with pytest.raises(ValueError, match="StudyInstanceUID"):
-        series_uid("", "sr")
+    offsets = [*SERIES_OFFSETS.values(), UNRECORDED_METHOD_OFFSET, METHOD_SERIES_OFFSET,
+               METHOD_SERIES_OFFSET + MAX_SERIES_SLOT]
+    assert len(set(offsets)) == len(offsets) and all(0 <= o < SERIES_SPAN for o in offsets)
+    assert max(SERIES_OFFSETS.values()) < UNRECORDED_METHOD_OFFSET < METHOD_SERIES_OFFSET
 
 
 def test_display_orientation_applies_flips_to_source_value(phantom_l_cc):

@@ -21,17 +21,17 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from mammoxai.config.settings import OutputSettings
 from mammoxai.dicom_io.provenance import PATIENT_STUDY_KEYWORDS
+from mammoxai.dicom_io.triage import is_our_output
 from mammoxai.dicom_io.writers import (
     AUTO_SC_METHODS,
     hot_regions,
-    is_our_output,
     select_sc_methods,
     write_results,
     write_study_summary,
 )
 from mammoxai.dicom_io.write_errors import DicomWriteError
 
-SC, SR3D, SEG, GSPS = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.34",
+SC, SR3D, SEG, GSPS = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33",   # SR: Comprehensive SR
                        "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.11.1")
 
 
@@ -47,7 +47,7 @@ def written(tmp_path_factory, phantom_l_cc, dw):
 def test_objects_in_order_and_all_valid(written, dw):
     source, result, outputs, paths = written
     classes = [str(ds.SOPClassUID) for ds in outputs]
-    assert classes == [SC] * 3 + [SC] + [SR3D] + [SEG] * 5 + [GSPS]
+    assert classes == [SC] * 3 + [SC] + [SR3D] + [SEG] + [SEG] * 5 + [GSPS]   # binary hot-region SEG, then maps
     for path in paths:
         dw.assert_valid(path)
 
@@ -80,14 +80,17 @@ def test_secondary_captures(written):
     descriptions = []
     for path in paths[:4]:
         ds = pydicom.dcmread(path)
-        assert ds.BurnedInAnnotation == "YES" and ds.PhotometricInterpretation == "RGB"
+        assert ds.BurnedInAnnotation == "YES" and ds.PhotometricInterpretation == "YBR_FULL_422"   # JPEG default
+        assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
+        assert float(ds.LossyImageCompressionRatio) > 1
         assert list(ds.PatientOrientation) == ["A", "R"] and ds.Laterality == "L"
         for seq in (ds.SourceImageSequence, ds.ReferencedImageSequence):
             assert (seq[0].ReferencedSOPClassUID, seq[0].ReferencedSOPInstanceUID) == (
                 src.SOPClassUID, src.SOPInstanceUID)
         assert ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
         descriptions.append(ds.SeriesDescription)
-    assert descriptions == ["mammoxai Grad-CAM L", "mammoxai LRP L", "mammoxai Integrated Gradients L",
+    assert descriptions == ["mammoxai Grad-CAM L", "mammoxai Layer-wise Relevance Propagation L",
+                            "mammoxai Integrated Gradients L",
                             "mammoxai montage L"]
     assert len({pydicom.dcmread(p).SeriesInstanceUID for p in paths[:4]}) == 4
 
@@ -95,25 +98,25 @@ def test_secondary_captures(written):
 def test_structured_report_content(written):
     source, result, outputs, paths = written
     sr = hd.sr.srread(paths[4])
-    assert sr.SeriesDescription == "mammoxai SR" and sr.CompletionFlag == "COMPLETE"
+    assert sr.SeriesDescription == "mammoxai SR L" and sr.CompletionFlag == "COMPLETE"
     assert sr.VerificationFlag == "UNVERIFIED"
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.sop_instance_uid
-    groups = sr.content.get_image_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups()      # every group is a drawable TID 1410
     classification = [g for g in groups if g.tracking_identifier == "mammoxai classification"][0]
     # (highdicom's get_qualitative_evaluations returns the TID 4019 Algorithm Family here: search by name)
     (evaluation,) = hd.sr.utils.find_content_items(classification[0], name=codes.DCM.Finding)
     assert (evaluation.value.value, evaluation.value.scheme_designator) == ("21594007", "SCT")   # Malignant
-    (prob,) = [m for m in classification.get_measurements() if m.name.value == "MXAI-PMALIGN"]
-    assert prob.value == pytest.approx(0.83) and prob.unit.value == "1"
+    (prob,) = [m for m in classification.get_measurements() if m.name.value == "111047"]   # Probability of cancer
+    assert prob.value == pytest.approx(83.0) and prob.unit.value == "%"
     def text_of(group, code):
         return [i.value for i in hd.sr.utils.find_content_items(group[0], name=code)]
     assert text_of(classification, codes.DCM.AlgorithmName) == ["mammoxai demo CNN (resnet10t)"]
     assert text_of(classification, codes.DCM.AlgorithmVersion) == ["0.1.0"]
     assert f"checkpoint_sha256={'ab' * 32}" in text_of(classification, codes.DCM.AlgorithmParameters)
-    method_groups = [g for g in groups if g.tracking_identifier.endswith(" map")]
+    method_groups = [g for g in groups if g.tracking_identifier.endswith(" region 1")]   # method figures: region 1
     assert len(method_groups) == 5
-    gradcam = [g for g in method_groups if g.tracking_identifier == "Grad-CAM map"][0]
+    gradcam = [g for g in method_groups if g.tracking_identifier == "Grad-CAM region 1"][0]
     assert gradcam.method.value == "MXAI-M-GCAM"
     assert text_of(gradcam, codes.DCM.AlgorithmParameters) == ["layer=layer4"]
     names = {m.name.value: m.value for m in gradcam.get_measurements()}
@@ -121,8 +124,8 @@ def test_structured_report_content(written):
     assert names["MXAI-Q-RANDRHO"] == pytest.approx(0.2)          # the checkpoint's randomisation check
     rois = sr.content.get_planar_roi_measurement_groups()
     regions = hot_regions(result, OutputSettings())
-    assert len(rois) == sum(len(v) for v in regions.values()) >= 5
-    roi = rois[0]
+    assert len(rois) == 1 + sum(len(v) for v in regions.values()) >= 6   # classification + every hot region
+    roi = rois[1]
     assert roi.reference_type.value == "111030"                        # Image Region
     region = roi.roi
     assert region.graphic_type.value == "POLYLINE"
@@ -135,17 +138,20 @@ def test_structured_report_content(written):
     # a map that fails the randomisation check is marked in the report, and only that one
     cautions = [i for i in pydicom.dcmread(paths[4]).ContentSequence[-1].ContentSequence
                 if i.ConceptNameCodeSequence[0].CodeValue == "MXAI-CAUTION"]
-    assert [str(i.TextValue) for i in cautions] == ["Saliency (signed): map fails model-randomisation check"]
+    assert [str(i.TextValue) for i in cautions] == ["Saliency (vanilla gradient): map fails model-randomisation check"]
 
 
 def test_segmentations(written):
     source, result, outputs, paths = written
-    for path, method_map in zip(paths[5:10], result.maps):
-        seg = hd.seg.segread(path)
+    for path, method_map in zip(paths[6:11], result.maps):
+        # pydicom, not segread: the shared Pixel Measures item OHIF needs has no Slice Thickness (see seg.py)
+        seg = pydicom.dcmread(path)
         assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 255
         assert seg.SegmentSequence[0].SegmentLabel == method_map.display_name
-        uids = seg.get_source_image_uids()
-        assert uids[0][2] == source.sop_instance_uid
+        refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        assert refs[0].ReferencedSOPInstanceUID == source.sop_instance_uid
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        assert "PixelMeasuresSequence" in shared and "PlaneOrientationSequence" in shared   # OHIF opens it
         ds = pydicom.dcmread(path)
         assert list(ds.PatientOrientation) == ["A", "R"]
         frame = ds.pixel_array
@@ -158,7 +164,7 @@ def test_segmentations(written):
 
 def test_gsps(written):
     source, result, outputs, paths = written
-    ds = pydicom.dcmread(paths[10])
+    ds = pydicom.dcmread(paths[11])
     src = source.dataset
     ref = ds.ReferencedSeriesSequence[0]
     assert ref.SeriesInstanceUID == src.SeriesInstanceUID
@@ -215,17 +221,20 @@ def test_sc_method_selection_and_switches(phantom_l_cc, dw):
 
 def test_jpeg_baseline_sc_and_parametric_map_request(phantom_l_cc, dw, tmp_path, caplog):
     result = dw.make_result(phantom_l_cc.pixels.shape, methods=("gradcam",))
+    with pytest.raises(ValueError, match="Parametric Map IOD needs a Frame of Reference"):
+        OutputSettings(parametric_map=True)          # refused, never silently ignored
     settings = OutputSettings(sc_compression="jpeg_baseline", montage=False, structured_report=False,
-                              segmentation=False, gsps=False, parametric_map=True, sc_max_size=256)
-    with caplog.at_level(logging.WARNING):
-        (sc,) = write_results(phantom_l_cc, result, settings)
-    assert "parametric_map ignored" in caplog.text
+                              segmentation=False, gsps=False, sc_max_size=256)
+    (sc,) = write_results(phantom_l_cc, result, settings)
     (path,) = dw.save_all([sc], tmp_path, "jpeg")
     dw.assert_valid(path)
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit and ds.PhotometricInterpretation == "YBR_FULL_422"
     assert ds.LossyImageCompression == "01" and max(ds.Rows, ds.Columns) <= 256
     assert ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+    (raw,) = write_results(phantom_l_cc, result, settings.model_copy(update={"sc_compression": "none"}))
+    assert raw.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian   # lossless kept as a setting
+    assert raw.PhotometricInterpretation == "RGB" and "LossyImageCompression" not in raw
 
 
 def test_bad_results_are_typed_errors(phantom_l_cc, dw):
@@ -265,11 +274,12 @@ def test_study_summary(dw, tmp_path):
     dw.assert_valid(path)
     sr = hd.sr.srread(path)
     assert sr.SeriesDescription == "mammoxai study summary SR" and int(sr.SeriesNumber) == 9107
-    groups = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
-    left_max = groups["mammoxai left breast"].get_measurements()[0]
-    right_max = groups["mammoxai right breast"].get_measurements()[0]
-    assert left_max.value == pytest.approx(0.7) and right_max.value == pytest.approx(0.1)
-    assert {"mammoxai L CC", "mammoxai L MLO", "mammoxai R CC"} <= set(groups)
+    groups = {g.tracking_identifier: g for g in sr.content.get_planar_roi_measurement_groups()}
+    def breast_max(name):     # MXAI-BREASTMAX sits in the group of the view with its breast's highest probability
+        return [m.value for m in groups[name].get_measurements() if m.name.value == "MXAI-BREASTMAX"]
+    assert breast_max("mammoxai L MLO") == [pytest.approx(70.0)] and breast_max("mammoxai L CC") == []
+    assert breast_max("mammoxai R CC") == [pytest.approx(10.0)]
+    assert set(groups) == {"mammoxai L CC", "mammoxai L MLO", "mammoxai R CC"}
     refs = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
             for i in s.ReferencedSOPSequence}
     assert refs == {m.sop_instance_uid for m in mammograms}

@@ -11,7 +11,8 @@ import pytest
 
 from mammoxai.config.settings import OutputSettings
 from mammoxai.dicom_io.write_errors import DicomWriteError
-from mammoxai.dicom_io.writers import is_our_output, write_results, write_study_summary
+from mammoxai.dicom_io.triage import is_our_output
+from mammoxai.dicom_io.writers import write_results, write_study_summary
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_source_itself_fails_dciodvfy_but_ours_pass(real_lcc_path, real_written,
     status, errors, _ = dw.dciodvfy(real_lcc_path)
     assert any("PatientOrientation" in e for e in errors)          # the source's single "CC"
     _, _, paths = real_written
-    assert len(paths) == 3 + 1 + 1 + 5 + 1
+    assert len(paths) == 3 + 1 + 1 + 1 + 5 + 1          # SC, montage, SR, binary SEG, 5 map SEGs, GSPS
     for path in paths:
         warnings = dw.assert_valid(path)
         assert not any("PatientOrientation" in w for w in warnings)
@@ -46,13 +47,13 @@ def test_real_sr_seg_gsps(real_written):
     source, result, paths = real_written
     sr = hd.sr.srread(paths[4])
     assert len(sr.content.get_planar_roi_measurement_groups()) >= 5
-    for path in paths[5:10]:
+    for path in paths[6:11]:
         seg = pydicom.dcmread(path)
         assert (seg.Rows, seg.Columns) == (4736, 2624)
         expected = ["P", "R"] if source.flip_horizontal else ["A", "R"]   # the stored grid's orientation
         assert list(seg.PatientOrientation) == expected
-        assert seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
-    gsps = pydicom.dcmread(paths[10])
+        assert seg.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless   # issue 12: storage
+    gsps = pydicom.dcmread(paths[11])
     assert gsps.ImageHorizontalFlip == ("Y" if source.flip_horizontal else "N")
     assert "SoftcopyVOILUTSequence" not in gsps                         # the source has no window to copy
     assert all(is_our_output(pydicom.dcmread(p, stop_before_pixels=True), OutputSettings()) for p in paths)
@@ -77,6 +78,7 @@ def test_real_study_summary(dw, tmp_path):
     (path,) = dw.save_all([summary], tmp_path, "summary")
     dw.assert_valid(path)
     assert summary.StudyInstanceUID == mammograms[1].study_instance_uid
-    groups = {g.tracking_identifier: g for g in hd.sr.srread(path).content.get_image_measurement_groups()}
-    assert groups["mammoxai right breast"].get_measurements()[0].value == pytest.approx(0.35)
-    assert np.isclose(groups["mammoxai R MLO"].get_measurements()[0].value, 0.35)
+    groups = {g.tracking_identifier: g for g in hd.sr.srread(path).content.get_planar_roi_measurement_groups()}
+    (breast_max,) = [m for m in groups["mammoxai R MLO"].get_measurements() if m.name.value == "MXAI-BREASTMAX"]
+    assert breast_max.value == pytest.approx(35.0)
+    assert np.isclose(groups["mammoxai R MLO"].get_measurements()[0].value, 35.0)   # Probability of cancer, %

@@ -83,6 +83,7 @@ def test_model_randomisation_check_reproduces_the_shipped_record():
     assert record["randomised"] == top_modules(clf.module) == ["layer3", "layer4", "fc"]
     settings = load_settings(None)
     settings.explainers.sanity = "off"
+    settings.explainers.stability_target = 0.0   # the record was measured with the configured sample counts
     settings.explainers.enabled = [n for n in ALL if n != "scorecam"]
     explainers = build_explainers(settings, clf)
     by_name = {e.name: e for e in explainers}
@@ -119,6 +120,10 @@ def test_full_profile_measurements_in_the_shipped_record_hold():
     clf = load_classifier("demo-cnn", device="cpu")
     settings = load_settings(None)
     settings.explainers.profile = "full"
+    settings.explainers.stability_target = 0.0   # the record was measured with the configured sample counts
+    # ... and LIME / Kernel SHAP in probability space, their default until issue 17 (now: the log-odds; the
+    # node warns that the verdict was measured with other parameters until the record is re-measured)
+    settings.explainers.params = {"lime": {"score": "probability"}, "kernel_shap": {"score": "probability"}}
     for name in ("integrated_gradients", "smoothgrad", "occlusion", "rise", "lime", "kernel_shap"):
         settings.explainers.enabled = [name]
         (explainer,) = build_explainers(settings, clf)

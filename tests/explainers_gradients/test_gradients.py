@@ -94,12 +94,16 @@ def test_guided_backprop_works_on_inplace_relus_and_restores_them(resnet_inplace
 
 
 def test_deeplift_matches_captum_and_is_complete(resnet, image, util):
-    ours = create("deeplift", baseline="zero").explain(resnet, image, TARGET).heatmap
-    ref = captum_attr.DeepLift(resnet).attribute(image, baselines=torch.zeros_like(image), target=TARGET)
-    assert util.pearson(ours, ref.sum(dim=1)) >= 0.99
+    explanation = create("deeplift", baseline="zero").explain(resnet, image, TARGET)
+    ours = explanation.heatmap
+    shipped = captum_attr.DeepLift(resnet).attribute(image, baselines=torch.zeros_like(image), target=TARGET)
+    # captum's max-pool multipliers do not add up (its map misses completeness by ~1 % here; ours is exact),
+    # so the maps agree only roughly on a max-pool stem (r 0.94; docs/explainers.md)
+    assert util.pearson(ours, shipped.sum(dim=1)) >= 0.9
     with torch.no_grad():
         gap = float(resnet(image)[0, TARGET] - resnet(torch.zeros_like(image))[0, TARGET])
-    assert abs(float(ours.sum()) - gap) <= 0.05 * abs(gap)
+    assert abs(float(ours.sum()) - gap) <= 1e-4 * abs(gap)
+    assert explanation.extras["completeness_error"][0] <= 1e-4
 
 
 def test_input_gradient_leaves_parameter_grads_alone(resnet, image):

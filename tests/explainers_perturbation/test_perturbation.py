@@ -195,7 +195,8 @@ def test_lime_end_to_end_matches_lime_package(cnn, image, tools):
     ref = np.zeros(int(seg.max()) + 1)
     for j, c in exp.local_exp[1]:
         ref[j] = c
-    ours = create("lime", samples=samples, n_segments=30, compactness=0.1, batch_size=100, seed=0)
+    ours = create("lime", samples=samples, n_segments=30, compactness=0.1, batch_size=100, seed=0,
+                  score="probability")   # as the reference's classifier_fn (our default: the logit)
     result = ours.explain(cnn, image, 1)
     assert torch.equal(result.extras["segments"][0], seg)
     coef = result.extras["coef"][0]
@@ -266,7 +267,8 @@ def _shap_reference(cnn, image, seg, nsamples):
 
 @pytest.mark.parametrize("n_segments,samples", [(8, 300), (30, 400)])
 def test_kernel_shap_matches_shap(cnn, image, n_segments, samples, tools):
-    ours = create("kernel_shap", samples=samples, n_segments=n_segments, batch_size=100, seed=0).explain(cnn, image, 1)
+    ours = create("kernel_shap", samples=samples, n_segments=n_segments, batch_size=100, seed=0,
+                  score="probability").explain(cnn, image, 1)   # as the reference's f (our default: the logit)
     seg = ours.extras["segments"][0]
     ref, f = _shap_reference(cnn, image, seg, samples)
     phi = ours.extras["phi"][0]

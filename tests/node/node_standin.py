@@ -2,9 +2,10 @@
 
 It decodes each file with pydicom (so compressed transfer syntaxes are really
 decoded), ignores what is not a mammogram, and returns one small Secondary
-Capture per mammogram in a new series of the same study, with *random* UIDs
-(the node must make them deterministic). ``study_summary`` returns one more
-SC referencing every image when a study has two or more.
+Capture per mammogram in a new series of the same study, with UIDs derived from
+the source (as the real writers do), and hands the node typed outcomes
+(:class:`mammoxai.outcome.ImageOutcome`). ``study_summary`` returns one more SC
+referencing every image when a study has two or more records.
 ``STANDIN_DELAY_S`` (environment) adds compute time per image, like a model would.
 """
 
@@ -20,7 +21,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from mammoxai.dicom_io.identity import derived_uid
+from mammoxai.outcome import ImageOutcome, SummaryRecord
 
 MG_CLASSES = {"1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1"}
 
@@ -36,18 +40,19 @@ class Item:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _sc(source: Dataset, pixels: np.ndarray, series_number: int, manufacturer: str, refs: list[Dataset]) -> Dataset:
+def _sc(source: Dataset, pixels: np.ndarray, series_number: int, manufacturer: str, refs: list[Dataset],
+        key: str = "") -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = derived_uid("standin", series_number, key or source.SOPInstanceUID)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         setattr(ds, kw, source.get(kw, ""))
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = derived_uid("standin-series", source.StudyInstanceUID, series_number)
     ds.SeriesNumber = series_number
     ds.InstanceNumber = 1
     ds.Modality = "OT"
@@ -110,12 +115,19 @@ class StandInPipeline:
                             timings={"read": t1 - t0, "predict": t2 - t1, "standin": 0.0, "write": t3 - t2}))
         return out
 
-    def study_summary(self, items: list[Item]) -> Dataset | None:
-        done = [i for i in items if i.status == "done" and i.mammogram is not None]
-        if len(done) < 2:
+    def outcomes(self, paths: list[Path]) -> list[ImageOutcome]:
+        return [ImageOutcome(path=i.path, status=i.status, reason=i.reason, outputs=i.outputs, timings=i.timings,
+                             record=None if i.mammogram is None else SummaryRecord(
+                                 header=i.mammogram.to_json_dict(), laterality=i.mammogram.get("ImageLaterality"),
+                                 view=None))
+                for i in self.process(paths)]
+
+    def study_summary(self, records: list[SummaryRecord]) -> Dataset | None:
+        if len(records) < 2:
             return None
-        return _sc(done[0].mammogram, np.zeros((8, 8)), self.settings.output.series_number_base + 50,
-                   self.settings.output.manufacturer, [i.mammogram for i in done])
+        headers = sorted((r.dataset() for r in records), key=lambda d: str(d.SOPInstanceUID))
+        return _sc(headers[0], np.zeros((8, 8)), self.settings.output.series_number_base + 50,
+                   self.settings.output.manufacturer, headers, key=str(headers[0].StudyInstanceUID))
 
 
 def make_pipeline(settings: Any) -> StandInPipeline:

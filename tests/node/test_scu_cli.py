@@ -15,7 +15,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from mammoxai.config import TlsSettings
-from mammoxai.node.jobs_cli import main_jobs
+from mammoxai.commands.echo import run as main_echo
+from mammoxai.commands.jobs import run as main_jobs
+from mammoxai.commands.send import run as main_send
+from mammoxai.commands.serve import run as main_serve
 from mammoxai.node.queue import JobQueue, QueueError
 from mammoxai.node.scu import (
     DicomDestination,
@@ -25,13 +28,10 @@ from mammoxai.node.scu import (
     SendError,
     c_echo,
     c_store,
-    main_echo,
-    main_send,
     make_destination,
     parse_peer,
 )
 from mammoxai.node.security import client_context, server_context
-from mammoxai.node.server import main_serve
 from mammoxai.node.spool import Spool
 from node_helpers import free_port, make_image, node_settings, poll, running_node
 

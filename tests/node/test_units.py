@@ -1,4 +1,4 @@
-"""Queue, spool, deterministic UIDs, triage and metrics, each on its own (real SQLite, real files)."""
+"""Queue, spool, triage and metrics, each on its own (real SQLite, real files)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from mammoxai.config import OutputSettings
-from mammoxai.node.loop import own_output_reason, triage
+from mammoxai.dicom_io.triage import own_output_reason, triage
 from mammoxai.node.metrics import HttpServer, Metrics, gpu_memory_gauges
+from mammoxai.node.jobstore import PROCESS_DIED, JobStore, Recovery
 from mammoxai.node.queue import JobQueue, QueueError
 from mammoxai.node.security import AddressFilter
 from mammoxai.node.spool import Spool, SpoolError
-from mammoxai.node.uids import make_deterministic, uid_from
 from mammoxai.node.worker import format_timings
 from node_helpers import CT_IMAGE, make_image
 
@@ -35,9 +35,9 @@ def test_queue_life_cycle(tmp_path):
     assert q.mark_failed(a, "boom", max_attempts=2) == "received"
     q.mark_sending(b, 2, {"read": 0.25})
     assert q.get(b).timings == {"receive": 0.0, "read": 0.25}
-    assert q.recover() == 0
+    assert q.recover() == Recovery(requeued=0, given_up=[])
     q.claim(1)
-    assert q.recover() == 1                                 # crash: running goes back to received
+    assert q.recover().requeued == 1                        # crash: running goes back to received
     job = q.claim(1)[0]
     assert job.attempts == 3 and q.mark_failed(a, "boom again", max_attempts=3) == "failed"
     assert q.retry([a]) == [a] and q.get(a).state == "received" and q.get(a).attempts == 0
@@ -71,6 +71,29 @@ def test_queue_life_cycle(tmp_path):
     q.reprocess(b, "lost")
     assert q.get(b).state == "received"
     assert q.oldest_waiting_age() >= 0
+    assert q.pending_count() == 2 and q.failed_count() == 0 and q.poison_count() == 0   # b, the summary
+    q.close()
+
+
+def test_queue_poison_jobs_are_counted_at_claim_and_never_batched(tmp_path):
+    q = JobQueue(tmp_path / "q.sqlite")
+    assert isinstance(q, JobStore)
+    poison, good1, good2 = (q.add_received(f"1.2.{i}", "1.2.840.10008.5.1.4.1.1.1.2", "9.9", "9.8",
+                                           tmp_path / f"{i}.dcm") for i in range(3))
+    assert [j.id for j in q.claim(4)] == [poison, good1, good2]
+    assert q.stuck(0.0, now=time.time() + 1) and q.stuck(3600) == []
+    # the process dies: every claimed job has one attempt on disk; none is given up yet
+    assert q.recover(max_attempts=2) == Recovery(requeued=3, given_up=[])
+    assert [j.id for j in q.claim(4)] == [poison]           # tried before: alone, never batched again
+    assert [j.id for j in q.claim(4)] == [good1]
+    assert [j.id for j in q.claim(4)] == [good2]
+    q.mark_done(good1)
+    q.mark_done(good2)
+    # the process dies again while the poison job runs: its second claim was its last
+    assert q.recover(max_attempts=2) == Recovery(requeued=0, given_up=[poison])
+    assert q.get(poison).state == "failed" and q.get(poison).error == PROCESS_DIED
+    assert q.poison_count() == 1 and q.failed_count() == 1 and q.pending_count() == 0
+    assert q.claim(4) == []
     q.close()
 
 
@@ -93,30 +116,10 @@ def test_spool_atomic_files(tmp_path):
     spool.write_bytes(spool.root / "f.bin", b"abc")
     (spool.tmp / "partial.part").write_bytes(b"half")
     assert spool.clear_tmp() == 1 and list(spool.tmp.iterdir()) == []
-    assert spool.result_path(3).name == "3.pkl"
-
-
-def test_deterministic_uids_keep_references():
-    def outputs():
-        sc = Dataset()
-        sc.SOPClassUID, sc.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", pydicom.uid.generate_uid()
-        sc.SeriesInstanceUID, sc.StudyInstanceUID, sc.SeriesNumber, sc.InstanceNumber = (
-            pydicom.uid.generate_uid(), "5.6", 9100, 1)
-        sr = Dataset()
-        sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.34", pydicom.uid.generate_uid()
-        sr.SeriesInstanceUID, sr.StudyInstanceUID, sr.SeriesNumber = pydicom.uid.generate_uid(), "5.6", 9101
-        ref = Dataset()
-        ref.ReferencedSOPInstanceUID = sc.SOPInstanceUID
-        sr.CurrentRequestedProcedureEvidenceSequence = Sequence([ref])
-        return [sc, sr]
-    first = make_deterministic(outputs(), "1.2.3")
-    second = make_deterministic(outputs(), "1.2.3")
-    other = make_deterministic(outputs(), "1.2.4")
-    assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in second]
-    assert first[0].SOPInstanceUID != other[0].SOPInstanceUID
-    assert first[0].SeriesInstanceUID == other[0].SeriesInstanceUID        # one series per kind and study
-    assert first[1].CurrentRequestedProcedureEvidenceSequence[0].ReferencedSOPInstanceUID == first[0].SOPInstanceUID
-    assert uid_from("a").startswith("2.25.") and len(uid_from("a")) <= 64
+    assert spool.result_path(3).name == "3.json"
+    spool.write_bytes(spool.result_path(3), b"{}")
+    spool.remove_result(3)
+    assert not spool.result_path(3).exists()
 
 
 def test_triage_and_loop_prevention(tmp_path):
@@ -169,8 +172,8 @@ def test_metrics_text_and_http():
     text = m.render()
     assert "# TYPE mammoxai_jobs_done_total counter" in text and "mammoxai_jobs_done_total 1" in text
     assert 'mammoxai_instances_total{event="received"} 1' in text
-    assert 'mammoxai_job_latency_seconds_bucket{le="1"} 1' in text
-    assert 'mammoxai_job_latency_seconds_bucket{le="10"} 2' in text
+    assert 'mammoxai_job_latency_seconds_bucket{le="1.0"} 1.0' in text     # prometheus-client's exposition
+    assert 'mammoxai_job_latency_seconds_bucket{le="10.0"} 2.0' in text
     assert 'le="+Inf"} 2' in text and "mammoxai_job_latency_seconds_count 2" in text
     assert "mammoxai_queue_depth 3" in text
     assert m.counter("jobs_done") == 1

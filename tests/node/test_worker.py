@@ -1,9 +1,10 @@
-"""Worker behaviour: batching, a poison image failing alone, per-job outcome and the slim summary inputs."""
+"""Worker behaviour: batching, a poison image failing alone, typed outcomes, summary records (JSON, deleted once
+summarised), summaries of quiet studies under a steady stream, workers in parallel."""
 
 from __future__ import annotations
 
-import pickle
 import shutil
+import threading
 
 from pydicom.uid import generate_uid
 
@@ -50,40 +51,138 @@ def test_poison_image_fails_alone_and_batches_are_used(tmp_path):
         assert states[uids[0]].state == "done" and states[uids[2]].state == "done"
         assert pipeline.batches[0] == 3                       # the waiting images were batched
         assert node.spool.instance_path(uids[1]).exists()     # kept for `mammoxai jobs retry`
-        # the slim result kept for the summary has no pixels and no outputs
-        with open(node.spool.result_path(states[uids[0]].id), "rb") as fh:
-            slim = pickle.load(fh)
-        assert slim.outputs == [] and slim.status == "done"
+        # the study was summarised: the records it read are gone, and nothing was pickled
+        assert node.queue.find(f"summary:{study}").state == "done"
+        assert list(node.spool.results.iterdir()) == []
+        assert not list(node.spool.root.rglob("*.pkl"))
         assert node.metrics.counter("jobs_failed", stage="process") == 1
 
 
-def test_slim_result_drops_pixels_and_decimates_maps():
-    from dataclasses import dataclass, field
-
+def test_summary_record_keeps_the_prediction_and_a_slim_header_as_json():
     import numpy as np
+    import pytest
     from pydicom.dataset import Dataset
 
     from mammoxai.dicom_io.mammogram import Mammogram
-    from mammoxai.dicom_io.results import AlgorithmInfo, ImageResult, MethodMap
-    from mammoxai.node.worker import SUMMARY_MAP_SIZE, _slim
+    from mammoxai.dicom_io.results import AlgorithmInfo, DomainCheck, ImageResult, MethodMap
+    from mammoxai.outcome import RecordError, SummaryRecord
 
-    @dataclass
-    class Processed:
-        status: str
-        outputs: list = field(default_factory=list)
-        mammogram: Mammogram | None = None
-        result: ImageResult | None = None
-
-    mammogram = Mammogram(dataset=Dataset(), pixels=np.ones((1000, 800), np.float32), laterality="L", view="CC")
+    header = Dataset()
+    header.PatientName, header.StudyInstanceUID, header.SOPInstanceUID = "Secret^Patient", "1.2.3", "1.2.3.4"
+    header.Rows, header.Columns = 1000, 800
+    header.PixelData = b"\0" * 2000
+    header.add_new(0x00091010, "LO", "private")
+    mammogram = Mammogram(dataset=header, pixels=np.ones((1000, 800), np.float32), laterality="L", view="CC",
+                          flip_horizontal=True)
     heat = np.random.default_rng(0).random((1000, 800)).astype(np.float32)
     result = ImageResult(class_names=("benign", "malignant"), probabilities=(0.3, 0.7),
                          algorithm=AlgorithmInfo("m", "1", "0" * 64, "resnet10t", "0.1"),
-                         maps=(MethodMap("gradcam", "Grad-CAM", heat, signed=False),))
-    slim = _slim(Processed("done", outputs=[Dataset()], mammogram=mammogram, result=result))
-    assert slim.outputs == [] and slim.mammogram.pixels.size == 1 and slim.mammogram.laterality == "L"
-    assert max(slim.result.maps[0].heatmap.shape) <= SUMMARY_MAP_SIZE
-    assert slim.result.malignancy_probability == 0.7 and slim.result.maps[0].method == "gradcam"
-    assert mammogram.pixels.shape == (1000, 800)          # the original is untouched
+                         maps=(MethodMap("gradcam", "Grad-CAM", heat, signed=False),), failures={"lime": "cut"},
+                         domain=DomainCheck(3.0, 2.0, False, "Mahalanobis", ("too small",)), calibrated=True)
+    text = SummaryRecord.of(mammogram, result).to_json()
+    assert len(text) < 4000                                        # no heatmap, no pixels
+    back = SummaryRecord.from_json(text)
+    assert back.result.maps == () and back.result.malignancy_probability == 0.7
+    assert back.result.domain == result.domain and back.result.failures == {"lime": "cut"}
+    assert back.result.calibrated and back.result.algorithm == result.algorithm
+    restored = back.mammogram()
+    assert restored.laterality == "L" and restored.view == "CC" and restored.flip_horizontal
+    assert restored.dataset.PatientName == "Secret^Patient" and restored.dataset.Rows == 1000
+    assert "PixelData" not in restored.dataset and (0x0009, 0x1010) not in restored.dataset
+    with pytest.raises(RecordError, match="format"):
+        SummaryRecord.from_json(text.replace('"format": 1', '"format": 0'))
+    with pytest.raises(RecordError):
+        SummaryRecord.from_json("{not json")
+
+
+def _spool_jobs(tmp_path, spool, queue, study, count, first_seed=0):
+    uids = []
+    for i in range(first_seed, first_seed + count):
+        ds = make_image(tmp_path / f"m{i}.dcm", study, seed=i, size=16)
+        shutil.copyfile(tmp_path / f"m{i}.dcm", spool.instance_path(ds.SOPInstanceUID))
+        queue.add_received(ds.SOPInstanceUID, ds.SOPClassUID, study, ds.SeriesInstanceUID,
+                           spool.instance_path(ds.SOPInstanceUID))
+        uids.append(ds.SOPInstanceUID)
+    return uids
+
+
+def test_a_quiet_study_is_summarised_while_other_work_waits(tmp_path):
+    """Under a steady stream the queue is never empty; a study's summary is due when *it* is quiet."""
+    from mammoxai.node.metrics import Metrics
+    from mammoxai.node.worker import Worker
+
+    settings = node_settings(tmp_path, batch_images=2, study_quiet_seconds=0)
+    spool = Spool(settings.node.spool_dir)
+    queue = JobQueue(spool.database)
+    first, second = generate_uid(), generate_uid()
+    _spool_jobs(tmp_path, spool, queue, first, 2)
+    worker = Worker("w", settings, queue, spool, StandInPipeline(settings), Metrics(), threading.Event(),
+                    threading.Event())
+    assert worker.step()                                   # the first study's two images
+    _spool_jobs(tmp_path, spool, queue, second, 2, first_seed=10)   # more work arrives
+    assert worker.step()
+    summary = queue.find(f"summary:{first}")
+    assert summary is not None and summary.state == "sending"      # made although the queue was not empty
+    assert queue.counts()["running"] == 0 and queue.counts()["sending"] == 5   # 4 images + the summary
+    queue.close()
+
+
+def test_a_spool_after_100_delivered_jobs_holds_no_per_job_result_files(tmp_path):
+    settings = node_settings(tmp_path, batch_images=8, study_quiet_seconds=0)
+    spool = Spool(settings.node.spool_dir)
+    queue = JobQueue(spool.database)
+    for k in range(24):                      # 24 four-view studies and 4 single images (no summary needed)
+        _spool_jobs(tmp_path, spool, queue, generate_uid(), 4, first_seed=4 * k)
+    for k in range(4):
+        _spool_jobs(tmp_path, spool, queue, generate_uid(), 1, first_seed=1000 + k)
+    queue.close()
+    with running_node(settings) as node:
+        poll(node.idle, 120, what="100 jobs and 24 summaries delivered")
+        jobs = node.queue.list()
+        assert sum(j.kind == "instance" and j.state == "done" for j in jobs) == 100
+        assert sum(j.kind == "summary" and j.state == "done" for j in jobs) == 24
+        root = node.spool.root
+
+        def leftovers() -> list:
+            return [p for p in root.rglob("*") if p.is_file() and p.name != "lock"
+                    and not p.name.startswith("queue.sqlite")]
+        # the sender removes a job's files just after marking it done
+        poll(lambda: not leftovers(), 30, what="no results/*.json, outputs, instances or tmp files left")
+        assert not list(root.rglob("*.pkl"))
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 124
+
+
+class _BarrierPipeline(StandInPipeline):
+    """Proceeds only once another worker's pipeline is inside ``outcomes`` too (fails if workers serialise)."""
+
+    def __init__(self, settings, barrier: threading.Barrier, made: list):
+        super().__init__(settings)
+        self.barrier = barrier
+        made.append(self)
+
+    def outcomes(self, paths):
+        self.barrier.wait()     # BrokenBarrierError after its timeout when the other worker cannot run
+        return super().outcomes(paths)
+
+
+def test_workers_run_in_parallel_each_with_its_own_pipeline(tmp_path):
+    from mammoxai.node.server import Node
+
+    settings = node_settings(tmp_path, workers=2, batch_images=1, study_quiet_seconds=0)
+    spool = Spool(settings.node.spool_dir)
+    queue = JobQueue(spool.database)
+    _spool_jobs(tmp_path, spool, queue, generate_uid(), 2)
+    queue.close()
+    barrier, made = threading.Barrier(2, timeout=60), []
+    node = Node(settings, pipeline_factory=lambda s: _BarrierPipeline(s, barrier, made))
+    node.start()
+    try:
+        poll(node.idle, 120, what="both jobs done")
+        assert len(made) == 2 and made[0] is not made[1]       # one pipeline per worker
+        assert [j.state for j in node.queue.list() if j.kind == "instance"] == ["done", "done"]
+        assert not barrier.broken
+    finally:
+        node.stop(timeout=30)
 
 
 class _ReReceivingDestination:

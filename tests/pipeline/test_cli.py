@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mammoxai.cli import _HANDLERS, main
+from mammoxai.cli import command_module, main
+from mammoxai.commands import COMMANDS
 
-SUBCOMMANDS = ["serve", "explain", "send", "echo", "jobs", "train", "validate", "evaluate", "sanity", "bench"]
+SUBCOMMANDS = ["serve", "explain", "send", "echo", "jobs", "train", "validate", "evaluate", "sanity", "domain", "bench"]
 
 
 def run_cli(*args, env=None):
@@ -22,7 +23,7 @@ def test_help_lists_every_subcommand():
     assert result.returncode == 0
     for name in SUBCOMMANDS:
         assert name in result.stdout
-    assert set(SUBCOMMANDS) == set(_HANDLERS)
+    assert set(SUBCOMMANDS) == set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", ["train", "explain", "serve", "send", "jobs", "evaluate"])
@@ -31,11 +32,18 @@ def test_subcommand_help(name):
     assert result.returncode == 0 and f"usage: mammoxai {name}" in result.stdout
 
 
-@pytest.mark.parametrize("name", sorted(_HANDLERS))
-def test_every_handler_resolves(name):
-    from mammoxai.cli import _resolve
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_module_has_help_arguments_and_run(name):
+    module = command_module(name)
+    assert module.HELP and callable(module.add_arguments) and callable(module.run)
 
-    assert callable(_resolve(_HANDLERS[name]))
+
+def test_help_and_light_commands_load_no_torch():
+    code = ("import sys\nfrom mammoxai.cli import _parser\n_parser()\n"
+            "import mammoxai.commands.send, mammoxai.commands.jobs\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_explain_real_cbis_ddsm_dicom_and_phantom_png(tmp_path, capsys):
@@ -106,3 +114,15 @@ def test_invalid_settings_file(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("--debug", "explain", str(tmp_path / "missing.dcm"))
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_train_model_kwargs_parsing():
+    from mammoxai.commands.train import parse_model_kwargs
+    from mammoxai.models.training import TrainingError
+
+    assert parse_model_kwargs('{"img_size": [64, 48], "drop_rate": 0.1}') == {"img_size": (64, 48), "drop_rate": 0.1}
+    assert parse_model_kwargs("") == {}
+    with pytest.raises(TrainingError, match="not valid JSON"):
+        parse_model_kwargs("{")
+    with pytest.raises(TrainingError, match="JSON object"):
+        parse_model_kwargs("[1]")

@@ -5,6 +5,7 @@ import pytest
 
 from mammoxai.config import SettingsError
 from mammoxai.dicom_io import is_our_output
+from mammoxai.outcome import SummaryRecord
 from mammoxai.pipeline import Pipeline, build_explainers
 
 
@@ -34,16 +35,21 @@ def test_phantom_study_is_classified_explained_and_written(pipeline, phantom_fil
             assert method_map.quality["sparseness"] >= 0  # quality scores travel with the map
             assert {"faithfulness", "deletion_auc", "insertion_auc", "max_sensitivity"} <= set(method_map.quality)
         modalities = sorted(ds.Modality for ds in item.outputs)
-        assert modalities.count("SR") == 1 and modalities.count("PR") == 1 and modalities.count("SEG") == 2
+        assert modalities.count("SR") == 1 and modalities.count("PR") == 1 and modalities.count("SEG") == 2 + 1   # per map, + the hot regions
         assert "OT" in modalities  # the overlay SC(s) and the montage
         for ds in item.outputs:
             assert ds.StudyInstanceUID == source.StudyInstanceUID
             assert ds.PatientID == source.PatientID
             assert is_our_output(ds, pipeline.settings.output)
         assert {"read", "predict", "explain.gradcam", "explain.saliency", "quality", "write"} <= set(item.timings)
-    summary = pipeline.study_summary(items)
+    # the node keeps only each image's summary record (JSON), and makes the study summary from those
+    outcomes = [item.outcome() for item in items]
+    assert [o.status for o in outcomes] == ["done", "done"] and all(o.record is not None for o in outcomes)
+    records = [SummaryRecord.from_json(o.record.to_json()) for o in outcomes]
+    summary = pipeline.study_summary(records)
     assert summary is not None and summary.Modality == "SR"
     assert summary.StudyInstanceUID == items[0].outputs[0].StudyInstanceUID
+    assert pipeline.study_summary(records[:1]) is None                 # one view: no summary
 
 
 def test_malignant_phantom_scores_higher_than_normal(pipeline, phantom_files):
@@ -261,3 +267,18 @@ def test_max_sensitivity_auto_measures_every_method_on_a_gpu(fast_settings, pipe
     assert [node._gets_sensitivity(e) for e in node.explainers] == [True, False]
     monkeypatch.setattr(Pipeline, "gpu_present", property(lambda self: True))
     assert [node._gets_sensitivity(e) for e in node.explainers] == [True, True]
+
+
+def test_time_budget_cuts_a_method_that_overruns_and_the_others_stand(fast_settings, pipeline, phantom_files):
+    """explainers.time_budget_s keeps its word: a looping method past it is stopped and reported, per image."""
+    fast_settings.explainers.enabled = ["gradcam", "smoothgrad"]
+    fast_settings.explainers.sanity = "off"
+    fast_settings.explainers.params = {"smoothgrad": {"samples": 4, "batch_size": 1}}
+    fast_settings.explainers.time_budget_s = 1e-6
+    (item,) = Pipeline(fast_settings, classifier=pipeline.classifier).process([phantom_files["lcc"]])
+    assert item.status == "done", item.reason                           # the job goes on without it
+    assert [m.method for m in item.result.maps] == ["gradcam"]          # single pass: not interruptible
+    assert item.result.failures == {"smoothgrad": "cut: exceeded time budget of 1e-06 s (explainers.time_budget_s)"}
+    sr = [ds for ds in item.outputs if ds.Modality == "SR"][0]
+    assert "cut: exceeded time budget" in str(sr.to_json_dict())        # the reader is told which and why
+

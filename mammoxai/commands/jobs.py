@@ -11,12 +11,21 @@ import argparse
 import json
 
 from ..config import Settings
-from .queue import QueueError, JobQueue
-from .spool import Spool
+
+HELP = "list jobs; re-send failed ones"
 
 
-def main_jobs(args: argparse.Namespace, settings: Settings) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["list", "failed", "retry", "show"], default="list")
+    p.add_argument("job_ids", nargs="*", type=int)
+    p.add_argument("--all-failed", action="store_true", help="with retry: every failed/dead job")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
     """Print jobs (``list``: all; ``failed``: failed and dead; ``show``: full rows) or re-queue them (``retry``)."""
+    from ..node.queue import JobQueue, QueueError
+    from ..node.spool import Spool
+
     spool = Spool(settings.node.spool_dir)
     queue = JobQueue(spool.database)
     try:
