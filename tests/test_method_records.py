@@ -77,7 +77,7 @@ def test_profiles_and_sc_defaults_only_name_registered_methods():
 
 
 def test_no_other_module_keeps_a_table_of_method_names_or_codes():
-    records = list(method_records().values())
+    records = [method_record(name) for name in shipped()]   # other tests register stand-ins without records
     taken = {r.display_name for r in records} | {r.code for r in records} | {f"MXAI-M-{r.code}" for r in records}
     for path in [*(PACKAGE / "dicom_io").glob("*.py"), *(PACKAGE / "config").glob("*.py"), PACKAGE / "pipeline.py"]:
         literals = {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))

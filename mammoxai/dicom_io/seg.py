@@ -23,11 +23,11 @@ Two kinds, both in the study's SEG series ("mammoxai explanation maps (SEG)"):
   assumes for such an image, which is what lets it match the SEG to the MG.
   Without a Frame of Reference these values relate to no patient coordinate
   system (the IOD requires the macro only with one; dciodvfy accepts it
-  without). JPEG 2000 lossless (:data:`SEG_TRANSFER_SYNTAX`): highdicom
-  refuses RLE and JPEG-LS for BINARY, and uncompressed 1-bit frames of a
-  2600 × 4700 mammogram cost 1.5 MB per method; OHIF's first request asks for
-  the whole object uncompressed, so the archive must be able to decode JPEG
-  2000 (Orthanc: the GDCM plugin, Debian ``orthanc-gdcm``). highdicom's reader
+  without). Uncompressed (:data:`HOT_REGION_SEG_TRANSFER_SYNTAX`, 1.5 MB a
+  method on a 2600 × 4700 mammogram): highdicom refuses RLE and JPEG-LS for
+  BINARY, and OHIF's first request asks for the whole object uncompressed,
+  which Orthanc 1.10 could not give from 1-bit JPEG 2000 (HTTP 500 without
+  the GDCM plugin, a crash with it). highdicom's reader
   ``segread`` refuses a Pixel Measures item without Slice Thickness, which a
   projection has not: read it with pydicom.
 * :func:`write_seg` — the FRACTIONAL map of one explainer (the data; OHIF
@@ -60,7 +60,7 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from skimage.draw import polygon as draw_polygon
 
 from ..config.settings import OutputSettings
@@ -173,6 +173,12 @@ OHIF_DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: 8-bit map is about 6 × smaller than with RLE (0.38 vs 2.2 MB measured on CBIS-DDSM). The difference
 #: between fitting the storage budget (BENCHMARKS.md) or not.
 SEG_TRANSFER_SYNTAX = JPEG2000Lossless
+#: Transfer syntax of the BINARY hot-region SEG: uncompressed Explicit VR Little Endian (1 bit a pixel: 1.5 MB a
+#: method on a 2600 × 4700 CBIS-DDSM image, within the storage budget). Any archive and viewer reads it without a
+#: codec: Orthanc 1.10's GDCM plugin crashed transcoding the 1-bit JPEG 2000 SEG for OHIF (twice in the viewer
+#: tests), and without GDCM Orthanc answers OHIF's request with HTTP 500. Deflated would be 21 kB, but dciodvfy
+#: cannot read deflated files, so it could not be verified.
+HOT_REGION_SEG_TRANSFER_SYNTAX = ExplicitVRLittleEndian
 #: Private block of the Pixel Measures item of a SEG whose source has no Pixel Spacing (see add_ohif_functional_groups).
 PRIVATE_GROUP, PRIVATE_CREATOR = 0x0029, "mammoxai"
 #: The pseudo-method naming the hot-region SEG in :mod:`.identity` (one per image, not per method).
@@ -240,7 +246,7 @@ def write_hot_region_seg(mammogram: Mammogram, result: ImageResult, output: Outp
             device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
             content_label="MXAI_HOTREGIONS",
             content_description="mammoxai hot regions of each explanation method"[:64],
-            transfer_syntax_uid=SEG_TRANSFER_SYNTAX,
+            transfer_syntax_uid=HOT_REGION_SEG_TRANSFER_SYNTAX,
             contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
                                                            output.institution_name)],
             series_description=identity.series_description,

@@ -212,6 +212,13 @@ def method_measurements(method_map: MethodMap) -> list[hd.sr.Measurement]:
     return measurements + [_num(COMPUTATION_TIME, method_map.seconds, SECONDS)]
 
 
+def _figures_text(method_map: MethodMap) -> str:
+    """A drawn method's figures ride on its first region group; an undrawn one's are written out here."""
+    figures = [f"{codes.quality_code(key).meaning} {float(value):.3g}" for key, value in method_map.quality.items()
+               if _finite(value)]
+    return f"; {'; '.join(figures)}" if figures else ""
+
+
 def region_group(mammogram: Mammogram, method_map: MethodMap, region: HotRegion, index: int,
                  result: ImageResult, output: OutputSettings, *, identity: OutputIdentity
                  ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
@@ -317,10 +324,12 @@ def write_sr(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
             groups.append(region_group(mammogram, method_map, region, k, result, output, identity=identity))
         if method_map.not_informative:
             texts.append(_text_item(codes.MAP_NOT_INFORMATIVE,
-                                    f"{method_map.display_name}: {method_map.not_informative}"))
+                                    f"{method_map.display_name}: {method_map.not_informative}"
+                                    f"{_figures_text(method_map)}"))
         elif not method_regions:
             texts.append(_text_item(codes.MAP_NOT_INFORMATIVE,
-                                    f"{method_map.display_name}: no hot region (no positive attribution)"))
+                                    f"{method_map.display_name}: no hot region (no positive attribution)"
+                                    f"{_figures_text(method_map)}"))
         if method_map.caution:
             texts.append(_text_item(codes.EXPLANATION_CAUTION, f"{method_map.display_name}: {method_map.caution}"))
     caution = domain_caution(result)

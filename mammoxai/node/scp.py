@@ -610,9 +610,10 @@ class StorageSCP:
             log.info("job %d ignored: sop=%s study=%s from %s: %s%s", job_id, uid, study, peer, reason, phi)
             self.on_event("ignored")
             return STATUS_SUCCESS
-        destination = self.spool.commit_file(received, self.spool.instance_path(uid))
-        elapsed = time.perf_counter() - started
-        job_id = self.queue.add_received(uid, sop_class, study, series, destination, calling, elapsed)
+        with self.spool.reception:
+            destination = self.spool.commit_file(received, self.spool.instance_path(uid))
+            elapsed = time.perf_counter() - started
+            job_id = self.queue.add_received(uid, sop_class, study, series, destination, calling, elapsed)
         log.info("job %d received: sop=%s study=%s class=%s from %s (%.1f MB, %.3f s)%s",
                  job_id, uid, study, UID(sop_class).name or sop_class, peer, size_mb, elapsed, phi)
         self.on_event("received")

@@ -26,6 +26,7 @@ import io
 import os
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,6 +68,9 @@ class Spool:
         self.instances = self.root / "instances"
         self.outputs = self.root / "outputs"
         self.results = self.root / "results"
+        #: Held while a received instance is committed and queued, and while a delivered one is finished and
+        #: removed: otherwise a re-reception landing between the sender's "done" and its removal is deleted.
+        self.reception = threading.Lock()
         try:
             for folder in (self.root, self.tmp, self.instances, self.outputs, self.results):
                 folder.mkdir(parents=True, exist_ok=True)

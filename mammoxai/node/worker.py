@@ -386,15 +386,17 @@ class Sender(threading.Thread):
         send_s = time.perf_counter() - started
         timings = dict(job.timings)
         timings["send"] = send_s
-        if not self.queue.finish_delivery(job.id, job.revision, {"send": send_s}):
+        with self.spool.reception:
+            finished = self.queue.finish_delivery(job.id, job.revision, {"send": send_s})
+            if finished and job.kind == "instance":
+                self.spool.remove_instance(job.path)   # delivered: the source is no longer needed
+        if not finished:
             # received again while sending: the queued copy owns the spooled file and the next outputs
             log.info("job %d delivered; its instance was received again meanwhile and will be processed again",
                      job.id)
             self.metrics.inc("jobs_done", help="jobs whose results were delivered")
             return
         self.spool.remove_outputs(job.id)
-        if job.kind == "instance":
-            self.spool.remove_instance(job.path)   # delivered: the source is no longer needed
         latency = time.time() - job.created_at
         self.metrics.observe_latency(latency)
         self.metrics.inc("jobs_done", help="jobs whose results were delivered")

@@ -144,7 +144,10 @@ def test_not_informative_map_and_domain_are_recorded(phantom_l_cc, dw, tmp_path)
     ds = pydicom.dcmread(path)
     assert_viewer_shape(ds, {phantom_l_cc.sop_instance_uid})
     texts = {(_code(i), str(i.TextValue)) for i in ds.ContentSequence[-1].ContentSequence}
-    assert ("MXAI-NOINFO", f"{maps[1].display_name}: map is constant") in texts
+    noinfo = [t for c, t in texts if c == "MXAI-NOINFO" and t.startswith(f"{maps[1].display_name}: map is constant")]
+    assert len(noinfo) == 1
+    for key, value in maps[1].quality.items():   # an undrawn map's figures are still in the report
+        assert f"{codes.quality_code(key).meaning} {float(value):.3g}" in noinfo[0]
     cautions = [t for c, t in texts if c == "MXAI-PREDCAUT"]
     assert len(cautions) == 1 and "out of the model's domain" in cautions[0] and "not calibrated" in cautions[0]
     assert not any(str(i.TextValue).startswith(maps[1].display_name) for g in _groups(ds) for i in g.ContentSequence
@@ -219,7 +222,8 @@ def test_binary_hot_region_seg_for_ohif(dw, tmp_path, pixel_spacing):
     dw.assert_valid(path)
     seg = pydicom.dcmread(path)
     assert seg.SegmentationType == "BINARY" and (seg.Rows, seg.Columns) == mg.pixels.shape
-    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless   # small; highdicom: no RLE for BINARY
+    # uncompressed: readable by any archive and viewer without a codec (see seg.HOT_REGION_SEG_TRANSFER_SYNTAX)
+    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [m.display_name for m in result.maps]
     for k, segment in enumerate(seg.SegmentSequence):
         expected = hd.color.CIELabColor.from_rgb(*METHOD_RGB[k]).value

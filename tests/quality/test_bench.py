@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,9 +44,13 @@ def test_pass_counter_counts_images_through_forward_and_backward(bench, timm_mod
 def test_peak_memory_sees_a_large_allocation(bench):
     assert bench._reset_hwm()                                      # the kernel peak is what CI measures
     with bench.PeakMemory(torch.device("cpu")) as mem:
-        block = torch.ones(64 * 2**20 // 4)                        # 64 MiB, touched, freed before exit
-        block.add_(1)
-        del block
+        # 64 MiB of fresh pages, touched, freed before exit. An anonymous mapping, not the heap: after earlier
+        # tests in the same process the allocator may serve a tensor from memory that is already resident.
+        block = mmap.mmap(-1, 64 * 2**20)
+        pages = np.frombuffer(block, dtype=np.uint8)
+        pages[:] = 1
+        del pages
+        block.close()
     assert 48 < mem.peak_mb < 200
     assert bench._hwm_bytes() >= bench._rss_bytes()
 
@@ -52,12 +58,14 @@ def test_peak_memory_sees_a_large_allocation(bench):
 def test_peak_memory_sampler_fallback_sees_a_live_allocation(bench, monkeypatch):
     monkeypatch.setattr(bench, "_reset_hwm", lambda: False)
     with bench.PeakMemory(torch.device("cpu"), interval_s=0.001) as mem:
-        block = torch.ones(64 * 2**20 // 4)
-        block.add_(1)
+        block = mmap.mmap(-1, 64 * 2**20)                          # fresh pages (see the test above)
+        pages = np.frombuffer(block, dtype=np.uint8)
+        pages[:] = 1
         deadline = time.monotonic() + 30
         while mem._peak - mem._start < 48 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.001)                                      # until the sampler has seen the block
-        del block
+        del pages
+        block.close()
     assert mem._thread is not None and not mem._thread.is_alive()
     assert mem.peak_mb > 48
 
