@@ -57,6 +57,8 @@ exist. There is therefore no ``output.parametric_map`` setting (it is refused wi
 
 from __future__ import annotations
 
+from typing import Any
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -107,12 +109,24 @@ def write_seg(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, 
         anatomic_regions=[codes.BREAST],
     )
     frame = fractional_map(method_map)[None]      # (1, Rows, Columns)
+    return _segmentation(
+        mammogram, frame, result, output, identity=identity, segment_descriptions=[description],
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        content_label=codes.method_code(method_map).value.replace("-", "_"),   # e.g. MXAI_M_GCAM
+        content_description=f"mammoxai {method_map.display_name} map (normalised positive part)",
+        transfer_syntax_uid=SEG_TRANSFER_SYNTAX, fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255, omit_empty_frames=False)
+
+
+def _segmentation(mammogram: Mammogram, pixel_array: np.ndarray, result: ImageResult, output: OutputSettings, *,
+                  identity: OutputIdentity, content_description: str, **kind: Any) -> hd.seg.Segmentation:
+    """A SEG on ``mammogram`` with our identity, equipment and the items OHIF needs; ``kind``: the
+    type-specific arguments of :class:`highdicom.seg.Segmentation` (type, segments, label, syntax, ...)."""
+    source = mammogram.dataset
     with copied_names_quietly():
         seg = hd.seg.Segmentation(
             source_images=[source],
-            pixel_array=frame,
-            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-            segment_descriptions=[description],
+            pixel_array=pixel_array,
             series_instance_uid=identity.series_instance_uid,
             series_number=identity.series_number,
             sop_instance_uid=identity.sop_instance_uid,
@@ -121,16 +135,12 @@ def write_seg(mammogram: Mammogram, method_map: MethodMap, result: ImageResult, 
             manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
             software_versions=result.algorithm.software_version or "unknown",
             device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
-            fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-            max_fractional_value=255,
-            content_label=codes.method_code(method_map).value.replace("-", "_"),   # e.g. MXAI_M_GCAM
-            content_description=f"mammoxai {method_map.display_name} map (normalised positive part)"[:64],
-            transfer_syntax_uid=SEG_TRANSFER_SYNTAX,
-            omit_empty_frames=False,
+            content_description=content_description[:64],
             contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
                                                            output.institution_name)],
             series_description=identity.series_description,
             institution_name=output.institution_name,
+            **kind,
         )
     # highdicom mints a random Dimension Organization UID: ours comes from the identity, like every UID
     organization_uid = identity.uid("dimension-organization")
@@ -230,33 +240,8 @@ def write_hot_region_seg(mammogram: Mammogram, result: ImageResult, output: Outp
     if not descriptions:
         return None
     pixels = np.stack(masks, axis=-1)[None].astype(np.uint8)          # (1, Rows, Columns, segments)
-    with copied_names_quietly():
-        seg = hd.seg.Segmentation(
-            source_images=[source],
-            pixel_array=pixels,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=identity.series_instance_uid,
-            series_number=identity.series_number,
-            sop_instance_uid=identity.sop_instance_uid,
-            instance_number=identity.instance_number,
-            manufacturer=output.manufacturer,
-            manufacturer_model_name=result.algorithm.name[:64] or "mammoxai",
-            software_versions=result.algorithm.software_version or "unknown",
-            device_serial_number=result.algorithm.checkpoint_sha256[:16] or "0",
-            content_label="MXAI_HOTREGIONS",
-            content_description="mammoxai hot regions of each explanation method"[:64],
-            transfer_syntax_uid=HOT_REGION_SEG_TRANSFER_SYNTAX,
-            contributing_equipment=[contributing_equipment(result.algorithm, output.manufacturer,
-                                                           output.institution_name)],
-            series_description=identity.series_description,
-            institution_name=output.institution_name,
-        )
-    organization_uid = identity.uid("dimension-organization")
-    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
-        if "DimensionOrganizationUID" in item:
-            item.DimensionOrganizationUID = organization_uid
-    orientation = stored_orientation(mammogram)
-    seg.PatientOrientation = list(orientation) if orientation else ""   # General Image, Type 2C (no FoR)
-    add_ohif_functional_groups(seg, source)
-    return finish(seg, source, private_scheme=True)
+    return _segmentation(
+        mammogram, pixels, result, output, identity=identity, segment_descriptions=descriptions,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, content_label="MXAI_HOTREGIONS",
+        content_description="mammoxai hot regions of each explanation method",
+        transfer_syntax_uid=HOT_REGION_SEG_TRANSFER_SYNTAX)
