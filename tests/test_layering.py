@@ -51,8 +51,7 @@ def test_importing_all_of_dicom_io_loads_no_torch():
 
 #: Files allowed to mint UIDs, and why.
 UID_MINTERS = {
-    "dicom_io/identity.py": "the one place that decides every output UID",
-    "dicom_io/synthetic.py": "writes synthetic *source* mammograms (test and demo input), never an output",
+    "dicom_io/identity.py": "the one place that decides every output UID (and makes up phantoms' source UIDs)",
 }
 _UUID_FUNCTIONS = {"uuid1", "uuid3", "uuid4", "uuid5"}
 

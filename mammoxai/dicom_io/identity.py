@@ -193,3 +193,11 @@ def stand_in_uid(name: str) -> str:
     """SOP Instance UID of a header made up for a non-DICOM input (a PNG), from its name; never written."""
     return derived_uid("mammoxai-stand-in", name)
 
+
+def new_source_uid() -> str:
+    """A fresh, random UID for a *synthetic source* image (phantom SOP Instance, Study or Series UID).
+
+    Not an output's identity: phantoms stand in for what a modality would send, and every phantom is a
+    new acquisition. Kept here so that this module is the one place in mammoxai that makes up a UID.
+    """
+    return f"2.25.{uuid.uuid4().int}"

@@ -33,10 +33,10 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    generate_uid,
 )
 
 from .classify import MG_FOR_PRESENTATION, MG_FOR_PROCESSING
+from .identity import new_source_uid
 from .read_orientation import VIEW_SCT, conventional_patient_orientation
 
 VoiSpec = Literal["auto"] | tuple[float, float] | Sequence[tuple[float, float]] | np.ndarray | None
@@ -117,7 +117,7 @@ def write_phantom_dicom(
     * ``patient_orientation``: override the conventional Patient Orientation (the pixels are
       then *described* by it: use it to make stored grids that need display flips).
 
-    UIDs come from :func:`pydicom.uid.generate_uid`. Returns the dataset as written.
+    UIDs come from :func:`mammoxai.dicom_io.identity.new_source_uid`. Returns the dataset as written.
     """
     laterality = str(laterality).upper()
     if laterality not in ("L", "R"):
@@ -153,7 +153,7 @@ def write_phantom_dicom(
 
     now = _dt.datetime.now()
     sop_class = MG_FOR_PRESENTATION if for_presentation else MG_FOR_PROCESSING
-    sop_instance = generate_uid()
+    sop_instance = new_source_uid()
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -176,7 +176,7 @@ def write_phantom_dicom(
     ds.PatientBirthDate = ""
     ds.PatientSex = "F"
     # General Study
-    ds.StudyInstanceUID = study_instance_uid or generate_uid()
+    ds.StudyInstanceUID = study_instance_uid or new_source_uid()
     ds.StudyDate = now.strftime("%Y%m%d")
     ds.StudyTime = now.strftime("%H%M%S")
     ds.ReferringPhysicianName = ""
@@ -185,7 +185,7 @@ def write_phantom_dicom(
     ds.StudyDescription = "mammoxai synthetic phantom - not a patient"
     # General Series / DX Series / Mammography Series
     ds.Modality = "MG"
-    ds.SeriesInstanceUID = series_instance_uid or generate_uid()
+    ds.SeriesInstanceUID = series_instance_uid or new_source_uid()
     ds.SeriesNumber = 1
     ds.SeriesDescription = "synthetic phantom"
     ds.PresentationIntentType = presentation_intent
