@@ -36,7 +36,8 @@ def timm_model(name: str, **kwargs) -> nn.Module:
 
 
 def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Give BatchNorm layers non-trivial statistics (a fresh model's are identity-like)."""
+    """Give BatchNorm layers non-trivial statistics (a fresh model's are identity-like) and ConvNeXt-style
+    layer scales (1-D ``gamma``) non-zero values, so that every residual branch of a random model is live."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -46,6 +47,9 @@ def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
                 module.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
                 module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
                 module.bias.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
+            gamma = getattr(module, "gamma", None)
+            if isinstance(gamma, torch.Tensor) and gamma.ndim == 1:
+                gamma.copy_(torch.rand(gamma.numel(), generator=gen) * 0.5 + 0.5)
     return model
 
 

@@ -11,6 +11,8 @@ from mammoxai.explainers import create
 from mammoxai.explainers._stability import pearson
 from mammoxai.models._torchvision_compat import import_timm
 
+from .conftest import randomize_bn
+
 TARGET = 1
 
 
@@ -21,19 +23,7 @@ def live_timm(name: str, seed: int = 0, in_chans: int = 3) -> nn.Module:
     timm = import_timm()
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, num_classes=2, in_chans=in_chans).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                module.bias.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
-            gamma = getattr(module, "gamma", None)
-            if isinstance(gamma, torch.Tensor) and gamma.ndim == 1:
-                gamma.copy_(torch.rand(gamma.numel(), generator=gen) * 0.5 + 0.5)
-    return model
+    return randomize_bn(model, seed + 1)
 
 
 def phantom(size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
