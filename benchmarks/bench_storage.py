@@ -30,6 +30,13 @@ def sources(cases: int, work: Path) -> list[Path]:
     return files + (cbis if cases < 0 else cbis[:cases])
 
 
+def _kind(ds: pydicom.Dataset) -> str:
+    """The column of a result object: SC pages (overlays and montage), the BINARY or FRACTIONAL SEGs, SR, GSPS."""
+    if ds.Modality == "SEG":
+        return "BINARY SEG" if ds.SegmentationType == "BINARY" else "FRACTIONAL SEGs"
+    return {"SR": "SR", "PR": "GSPS"}.get(str(ds.Modality), "SC pages")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=2, help="CBIS-DDSM files to include (-1: all)")
@@ -43,19 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.explainers:
         command += ["--explainers", args.explainers]
     subprocess.run(command, check=True)
-    print("| source | source bytes | results bytes | ratio | objects |")
-    print("|---|---|---|---|---|")
+    kinds = ("SC pages", "BINARY SEG", "FRACTIONAL SEGs", "SR", "GSPS")
+    print("| source | source bytes | results bytes | ratio | " + " | ".join(kinds) + " |")
+    print("|---|---|---|---|" + "---|" * len(kinds))
     for source in files:
         folder = work / "out" / f"{source.stem}.dicom"
         results = sorted(folder.glob("*.dcm"))
         total = sum(p.stat().st_size for p in results)
-        kinds: dict[str, int] = {}
+        sizes = dict.fromkeys(kinds, 0)
         for path in results:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            kind = f"{ds.Modality} {ds.file_meta.TransferSyntaxUID.name}"
-            kinds[kind] = kinds.get(kind, 0) + path.stat().st_size
+            sizes[_kind(pydicom.dcmread(path, stop_before_pixels=True))] += path.stat().st_size
         size = source.stat().st_size
-        detail = "; ".join(f"{k}: {v / 1e6:.2f} MB" for k, v in sorted(kinds.items()))
+        detail = " | ".join(f"{sizes[k] / 1e3:.1f} kB" if sizes[k] < 1e5 else f"{sizes[k] / 1e6:.2f} MB" for k in kinds)
         print(f"| {source.parent.name}/{source.name} | {size / 1e6:.2f} MB | {total / 1e6:.2f} MB | "
               f"{total / size:.2f} | {detail} |")
     return 0

@@ -15,8 +15,6 @@ object that uses it lists it in the Coding Scheme Identification Sequence
 ``MXAI-EXPLMETHOD``       Explanation method (concept name; value = method code)
 ``MXAI-M-<ABBR>``         One explanation method (``code`` of its explainer class's record)
 ``MXAI-Q-<ABBR>``         One quality score of a map (table :data:`QUALITY_CODES`)
-``MXAI-RPEAK``            Peak normalised attribution in a region (unit ``1``)
-``MXAI-RMEAN``            Mean normalised attribution in a region (unit ``1``)
 ``MXAI-RMASS``            Fraction of the map's positive attribution in a region
 ``MXAI-EXPLFAIL``         Explanation method failed (TEXT: "method: reason")
 ``MXAI-CAUTION``          Caution about an explanation map (TEXT), e.g. it fails the
@@ -105,8 +103,6 @@ PROBABILITY_OF_MALIGNANCY = private("MXAI-PMALIGN", "Probability of malignancy")
 PROBABILITY_OF_CLASS = private("MXAI-PCLASS", "Probability of class")
 HOT_REGION = private("MXAI-HOTREGION", "Explanation hot region")
 EXPLANATION_METHOD = private("MXAI-EXPLMETHOD", "Explanation method")
-REGION_PEAK = private("MXAI-RPEAK", "Peak normalised attribution in region")
-REGION_MEAN = private("MXAI-RMEAN", "Mean normalised attribution in region")
 REGION_MASS = private("MXAI-RMASS", "Fraction of positive attribution in region")
 EXPLANATION_FAILED = private("MXAI-EXPLFAIL", "Explanation method failed")
 EXPLANATION_CAUTION = private("MXAI-CAUTION", "Caution about explanation map")
@@ -142,6 +138,9 @@ MALIGNANT = CodedConcept(*codes.SCT.Malignant)                   # (21594007, SC
 BENIGN = CodedConcept(*codes.SCT.Benign)                         # (30807003, SCT, "Benign")
 MAMMOGRAPHY = CodedConcept(*codes.SCT.Mammography)               # (71651007, SCT, "Mammography")
 BREAST = CodedConcept(*codes.SCT.Breast)                         # (76752008, SCT, "Breast")
+#: (272741003, SCT, "Laterality"): concept of the classification group's laterality (a qualitative evaluation;
+#: not a Finding Site (363698007), which OHIF prints as a label line "363698007: Breast").
+LATERALITY = CodedConcept(*codes.SCT.Laterality)
 LEFT = CodedConcept(*codes.SCT.Left)
 RIGHT = CodedConcept(*codes.SCT.Right)
 UNITLESS = CodedConcept(*codes.UCUM.NoUnits)                     # (1, UCUM, "no units")

@@ -2,7 +2,8 @@
 
 One GSPS per image referencing the source (highdicom.pr). One graphic layer
 per method (Graphic Layer = ``M1``, ``M2``… with the method's display name as
-Graphic Layer Description and a colour of its own) holding its regions as
+Graphic Layer Description and its colour from :mod:`.palette`, the same as its
+SEG segment's) holding its regions as
 closed POLYLINEs in PIXEL units (stored grid) and a text label
 "<method> k" anchored at each region's top; one more layer ``INFO`` with the
 prediction and "NOT FOR DIAGNOSTIC USE". Presentation:
@@ -24,20 +25,12 @@ import numpy as np
 
 from ..config.settings import OutputSettings
 from .mammogram import Mammogram
+from .palette import method_cielab
 from .provenance import contributing_equipment, copied_names_quietly, finish
 from .regions import HotRegion
 from .render import DISCLAIMER
 from .results import ImageResult
 from .identity import OutputIdentity
-
-#: Display colour per layer (RGB, stored as CIELab): yellow, cyan, magenta, green, orange, ...
-_RGB = [(255, 220, 0), (0, 220, 255), (255, 0, 220), (0, 255, 80), (255, 140, 0), (160, 120, 255),
-        (255, 80, 80), (200, 255, 120)]
-
-
-def _cielab(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
-    return hd.color.CIELabColor.from_rgb(*rgb)
-
 
 def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
                regions: dict[str, list[HotRegion]], *, identity: OutputIdentity
@@ -53,7 +46,7 @@ def write_gsps(mammogram: Mammogram, result: ImageResult, output: OutputSettings
             continue
         layer = hd.pr.GraphicLayer(layer_name=f"M{order}", order=order,
                                    description=f"mammoxai {method_map.display_name} hot regions"[:64],
-                                   display_color=_cielab(_RGB[(order - 1) % len(_RGB)]))
+                                   display_color=method_cielab(order - 1))
         graphics, texts = [], []
         for k, region in enumerate(method_regions, start=1):
             graphics.append(hd.pr.GraphicObject(graphic_type=hd.pr.GraphicTypeValues.POLYLINE,

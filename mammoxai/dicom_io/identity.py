@@ -45,10 +45,12 @@ from typing import Literal
 from .mammogram import Mammogram
 from .series import MAX_SERIES_SLOT, METHOD_SERIES_OFFSET, SERIES_OFFSETS, UNRECORDED_METHOD_OFFSET
 
-OutputKind = Literal["sc", "montage", "sr", "seg", "gsps", "summary"]
+OutputKind = Literal["sc", "montage", "sr", "seg", "region_seg", "gsps", "summary"]
 
-#: Kinds written once per source image; "summary" is once per study.
-IMAGE_KINDS: tuple[str, ...] = ("sc", "montage", "sr", "seg", "gsps")
+#: Kinds written once per source image; "summary" is once per study. "seg": a FRACTIONAL map SEG (one per
+#: method), "region_seg": the BINARY hot-region SEG (one per image, every method a segment), each kind in
+#: its own series (a viewer that opens one SEG per series finds the one it can show).
+IMAGE_KINDS: tuple[str, ...] = ("sc", "montage", "sr", "seg", "region_seg", "gsps")
 #: Kinds with one object per method and image (the method is part of the SOP identity).
 PER_METHOD_KINDS: tuple[str, ...] = ("sc", "seg")
 
@@ -56,6 +58,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "montage": "mammoxai montage",
     "sr": "mammoxai SR",
     "seg": "mammoxai explanation maps (SEG)",
+    "region_seg": "mammoxai hot regions (SEG)",
     "gsps": "mammoxai hot regions (GSPS)",
     "summary": "mammoxai study summary SR",
 }

@@ -1,37 +1,45 @@
 """Segmentations of the explanation maps (highdicom.seg.Segmentation), referencing the source image.
 
-Two kinds, both in the study's SEG series ("mammoxai explanation maps (SEG)"):
+Two kinds, each in its own series:
 
 * :func:`write_hot_region_seg` — **one BINARY SEG per image, one segment per
-  method** that has hot regions: the pixels inside the method's hot-region
-  outlines (the same polygons as the SR and GSPS), for viewers that overlay
-  segmentations (OHIF). One object with all methods as segments rather than
-  one per method: the reader opens one item and toggles methods in one
-  segment list (OHIF loads overlapping binary segments as stacked labelmaps;
-  hot regions are small, unlike whole maps). Each segment's Recommended
-  Display CIELab Value is the method's outline colour (:data:`METHOD_RGB`,
-  shared with the GSPS layers): the SC overlays use one colour *map* for every
-  method, so they offer no per-method colour to match. What OHIF 3.13 needs
-  and we write (docs/viewer.md): a shared Pixel Measures item (with the
-  source's Pixel Spacing when it has one; else only a private element
-  (0029,xx10) "pixel spacing unknown", because an empty item is dropped by
-  Orthanc's DICOMweb JSON and OHIF needs the item) and a shared Plane
-  Orientation item. A projection
-  mammogram has neither Image Orientation (Patient) nor a Frame of Reference,
-  and highdicom refuses ``plane_orientation`` without one; the item is added
-  after construction with ``[1, 0, 0, 0, 1, 0]``, the orientation OHIF
-  assumes for such an image, which is what lets it match the SEG to the MG.
-  Without a Frame of Reference these values relate to no patient coordinate
-  system (the IOD requires the macro only with one; dciodvfy accepts it
-  without). Uncompressed (:data:`HOT_REGION_SEG_TRANSFER_SYNTAX`, 1.5 MB a
-  method on a 2600 × 4700 mammogram): highdicom refuses RLE and JPEG-LS for
-  BINARY, and OHIF's first request asks for the whole object uncompressed,
-  which Orthanc 1.10 could not give from 1-bit JPEG 2000 (HTTP 500 without
-  the GDCM plugin, a crash with it). highdicom's reader
+  method** that has hot regions, in the series "mammoxai hot regions (SEG)"
+  (output kind ``"region_seg"`` of :mod:`.identity`): the pixels inside the
+  method's hot-region outlines (the same polygons as the SR and GSPS), for
+  viewers that overlay segmentations (OHIF). One object with all methods as
+  segments rather than one per method: the reader opens one item and toggles
+  methods in one segment list (OHIF loads overlapping binary segments as
+  stacked labelmaps; hot regions are small, unlike whole maps). Each
+  segment's Recommended Display CIELab Value is the method's colour from
+  :mod:`.palette` (shared with the GSPS layers): the SC overlays use one
+  colour *map* for every method, so they offer no per-method colour to match.
+  What OHIF 3.13 needs and we write (docs/viewer.md): a shared Pixel Measures
+  item (with the source's Pixel Spacing when it has one; else only a private
+  element (0029,xx10) "pixel spacing unknown", because an empty item is
+  dropped by Orthanc's DICOMweb JSON and OHIF needs the item) and a shared
+  Plane Orientation item. A projection mammogram has neither Image
+  Orientation (Patient) nor a Frame of Reference, and highdicom refuses
+  ``plane_orientation`` without one; the item is added after construction
+  with ``[1, 0, 0, 0, 1, 0]``, the orientation OHIF assumes for such an
+  image, which is what lets it match the SEG to the MG. Without a Frame of
+  Reference these values relate to no patient coordinate system (the IOD
+  requires the macro only with one; dciodvfy accepts it without).
+  **Deflated Explicit VR Little Endian** (:data:`HOT_REGION_SEG_TRANSFER_SYNTAX`):
+  the 1-bit frames of a 2600 × 4700 mammogram are 1.5 MB a method
+  uncompressed and a few kB deflated (zlib over the whole data set, PS3.5
+  A.5; bench: benchmarks/bench_storage.py). Not JPEG 2000: highdicom refuses
+  RLE and JPEG-LS for BINARY, and OHIF's first request asks for the whole
+  object uncompressed, which Orthanc 1.10 could not give from 1-bit JPEG 2000
+  (HTTP 500 without the GDCM plugin, a crash with it); a deflated object is
+  inflated by DCMTK inside Orthanc, no codec plugin involved. A peer that does
+  not accept the deflated context gets the Explicit VR Little Endian encoding
+  of the same data set (:func:`mammoxai.node.scu.c_store`); dciodvfy cannot
+  read deflated files, so the tests check that re-encoding. highdicom's reader
   ``segread`` refuses a Pixel Measures item without Slice Thickness, which a
   projection has not: read it with pydicom.
 * :func:`write_seg` — the FRACTIONAL map of one explainer (the data; OHIF
-  3.13 shows no FRACTIONAL SEG). One object per method rather than one with a
+  3.13 shows no FRACTIONAL SEG), in the series "mammoxai explanation maps
+  (SEG)" (output kind ``"seg"``). One object per method rather than one with a
   segment per method: every map covers the whole breast, so its segments
   would overlap everywhere; one object per method keeps each map whole and
   lets an archive delete one. It carries the same Pixel Measures and Plane
@@ -62,13 +70,13 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
-from skimage.draw import polygon as draw_polygon
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless
 
 from ..config.settings import OutputSettings
 from . import codes
 from .mammogram import Mammogram
 from .orientation import stored_orientation
+from .palette import method_cielab
 from .provenance import contributing_equipment, copied_names_quietly, finish
 from .render import normalise_map
 from .regions import HotRegion
@@ -171,39 +179,55 @@ def add_ohif_functional_groups(seg: hd.seg.Segmentation, source) -> None:
         shared.PlaneOrientationSequence = [plane]
 
 
-#: Outline / segment colour per method, by the method's place in ``result.maps`` (RGB): yellow, cyan,
-#: magenta, green, orange, ... (the GSPS layers use the same).
-METHOD_RGB: tuple[tuple[int, int, int], ...] = (
-    (255, 220, 0), (0, 220, 255), (255, 0, 220), (0, 255, 80), (255, 140, 0), (160, 120, 255),
-    (255, 80, 80), (200, 255, 120))
 #: Orientation OHIF assumes for an image without Image Orientation (Patient) (see the module docstring).
 OHIF_DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-#: Transfer syntax of both kinds of SEG: lossless JPEG 2000. BINARY: highdicom refuses RLE and JPEG-LS, and a
-#: 1-bit frame of a 2600 × 4700 mammogram is 1.5 MB uncompressed, a few kB compressed. FRACTIONAL: a smooth
-#: 8-bit map is about 6 × smaller than with RLE (0.38 vs 2.2 MB measured on CBIS-DDSM). The difference
-#: between fitting the storage budget (BENCHMARKS.md) or not.
+#: Transfer syntax of the FRACTIONAL map SEGs: lossless JPEG 2000. A smooth 8-bit map is about 6 × smaller than
+#: with RLE (0.38 vs 2.2 MB measured on CBIS-DDSM): the difference between fitting the storage budget
+#: (BENCHMARKS.md) or not. A viewer that wants them uncompressed needs a JPEG 2000 decoder in the archive
+#: (Orthanc: the GDCM plugin); OHIF 3.13 does not display FRACTIONAL SEGs anyway.
 SEG_TRANSFER_SYNTAX = JPEG2000Lossless
-#: Transfer syntax of the BINARY hot-region SEG: uncompressed Explicit VR Little Endian (1 bit a pixel: 1.5 MB a
-#: method on a 2600 × 4700 CBIS-DDSM image, within the storage budget). Any archive and viewer reads it without a
-#: codec: Orthanc 1.10's GDCM plugin crashed transcoding the 1-bit JPEG 2000 SEG for OHIF (twice in the viewer
-#: tests), and without GDCM Orthanc answers OHIF's request with HTTP 500. Deflated would be 21 kB, but dciodvfy
-#: cannot read deflated files, so it could not be verified.
-HOT_REGION_SEG_TRANSFER_SYNTAX = ExplicitVRLittleEndian
+#: Transfer syntax of the BINARY hot-region SEG: Deflated Explicit VR Little Endian (see the module docstring).
+#: highdicom encodes the object in Explicit VR Little Endian; the file is deflated when it is written.
+HOT_REGION_SEG_TRANSFER_SYNTAX = DeflatedExplicitVRLittleEndian
 #: Private block of the Pixel Measures item of a SEG whose source has no Pixel Spacing (see add_ohif_functional_groups).
 PRIVATE_GROUP, PRIVATE_CREATOR = 0x0029, "mammoxai"
-#: The pseudo-method naming the hot-region SEG in :mod:`.identity` (one per image, not per method).
-HOT_REGION_SEG = "hot-regions"
 
 
 def region_mask(regions: list[HotRegion], shape: tuple[int, int]) -> np.ndarray:
     """The pixels (stored grid) whose centres lie inside any of ``regions``' polygons (SCOORD pixel
-    coordinates: the centre of pixel (r, c) is (c + 0.5, r + 0.5))."""
+    coordinates: the centre of pixel (r, c) is (c + 0.5, r + 0.5)); even-odd rule."""
     mask = np.zeros(shape, dtype=bool)
-    for region in regions:
-        polygon = np.asarray(region.polygon, dtype=float)
-        rr, cc = draw_polygon(polygon[:, 1] - 0.5, polygon[:, 0] - 0.5, shape=shape)
-        mask[rr, cc] = True
+    for region in regions:                  # at most output.max_regions_per_method polygons
+        polygon_mask(np.asarray(region.polygon, dtype=np.float64), mask)
     return mask
+
+
+def polygon_mask(polygon: np.ndarray, mask: np.ndarray) -> None:
+    """Set in ``mask`` the pixels whose centres lie inside the closed ``polygon`` ((N, 2) x, y; even-odd rule).
+
+    Scanline fill without a Python loop over rows or pixels: for every pixel row of the polygon's bounding
+    box, each edge that crosses the row's centre line (half-open in y, so a vertex is counted once) toggles
+    the parity from the first pixel whose centre is right of the crossing; a cumulative sum of the toggles
+    along the row is odd inside.
+    """
+    rows, cols = mask.shape
+    x, y = polygon[:, 0], polygon[:, 1]
+    if not np.array_equal(polygon[0], polygon[-1]):
+        x, y = np.append(x, x[0]), np.append(y, y[0])
+    r0, r1 = max(0, int(np.ceil(y.min() - 0.5))), min(rows, int(np.floor(y.max() - 0.5)) + 1)
+    c0, c1 = max(0, int(np.floor(x.min()))), min(cols, int(np.ceil(x.max())) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    centre_y = (np.arange(r0, r1) + 0.5)[:, None]                        # (R, 1)
+    ya, yb, xa, xb = y[None, :-1], y[None, 1:], x[None, :-1], x[None, 1:]  # (1, E) edges
+    crosses = (ya > centre_y) != (yb > centre_y)                          # (R, E)
+    row, edge = np.nonzero(crosses)
+    cy = centre_y[row, 0]
+    at = xa[0, edge] + (cy - ya[0, edge]) * (xb[0, edge] - xa[0, edge]) / (yb[0, edge] - ya[0, edge])
+    first = np.clip(np.ceil(at - 0.5).astype(np.int64) - c0, 0, c1 - c0)   # first centre at or right of it
+    toggles = np.zeros((r1 - r0, c1 - c0 + 1), dtype=np.int32)
+    np.add.at(toggles, (row, first), 1)
+    mask[r0:r1, c0:c1] |= (np.cumsum(toggles, axis=1)[:, :-1] & 1).astype(bool)
 
 
 def write_hot_region_seg(mammogram: Mammogram, result: ImageResult, output: OutputSettings,
@@ -234,14 +258,18 @@ def write_hot_region_seg(mammogram: Mammogram, result: ImageResult, output: Outp
             tracking_uid=identity.uid("segment", method_map.method),
             tracking_id=f"{method_map.display_name} hot regions"[:64],
             anatomic_regions=[codes.BREAST],
-            display_color=hd.color.CIELabColor.from_rgb(*METHOD_RGB[order % len(METHOD_RGB)]),
+            display_color=method_cielab(order),
         ))
         masks.append(mask)
     if not descriptions:
         return None
-    pixels = np.stack(masks, axis=-1)[None].astype(np.uint8)          # (1, Rows, Columns, segments)
-    return _segmentation(
+    # (1, Rows, Columns, segments), each segment's plane contiguous: highdicom sums over segments (overlap
+    # check) and takes one segment's plane per frame, both fast in this layout
+    pixels = np.moveaxis(np.stack(masks).view(np.uint8), 0, -1)[None]
+    seg = _segmentation(
         mammogram, pixels, result, output, identity=identity, segment_descriptions=descriptions,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, content_label="MXAI_HOTREGIONS",
         content_description="mammoxai hot regions of each explanation method",
-        transfer_syntax_uid=HOT_REGION_SEG_TRANSFER_SYNTAX)
+        transfer_syntax_uid=ExplicitVRLittleEndian)
+    seg.file_meta.TransferSyntaxUID = HOT_REGION_SEG_TRANSFER_SYNTAX    # deflated when written
+    return seg

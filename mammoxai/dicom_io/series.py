@@ -13,8 +13,8 @@ to ``base + SERIES_SPAN - 1`` is reserved for mammoxai (loop prevention:
 from __future__ import annotations
 
 #: Offset of each non-overlay kind's Series Number from ``output.series_number_base``.
-#: (6 was the never-written Parametric Map; left unused.)
-SERIES_OFFSETS: dict[str, int] = {"montage": 2, "sr": 3, "seg": 4, "gsps": 5, "summary": 7}
+#: (6 was the never-written Parametric Map; left unused. 8: the BINARY hot-region SEG, "region_seg".)
+SERIES_OFFSETS: dict[str, int] = {"montage": 2, "sr": 3, "seg": 4, "gsps": 5, "summary": 7, "region_seg": 8}
 #: The SC overlay series of the method with series slot ``k`` is ``base + METHOD_SERIES_OFFSET + k``.
 METHOD_SERIES_OFFSET = 10
 #: Largest series slot a method may have (so its series stays in the reserved range).

@@ -22,24 +22,33 @@ Content tree of the per-image report:
      image), Finding (121071) = (21594007, SCT, "Malignant") /
      (30807003, SCT, "Benign") (other class names: 99MAMMOXAI codes), NUM
      (111047, DCM, "Probability of cancer") in UCUM ``%`` (what Stone shows;
-     OHIF prints it in the region's label), the other classes' probabilities
-     (``%``), the domain check (score and threshold, unit ``1``; coded verdict
-     in / out of domain / "domain not checked") and the calibration state, the
-     model as TID 4019 Algorithm Identification (name, version, family (123110,
-     DCM, "Artificial Intelligence"), parameters ``architecture=…``,
-     ``checkpoint_sha256=…``: IHE AIR), finding site (76752008, SCT,
-     "Breast") with laterality. With ``prediction_withheld`` the finding and
-     the probabilities are left out and the verdict says why.
+     OHIF prints it as the first line of the region's label), the other
+     classes' probabilities (``%``) only when there are more than two classes
+     (with two, the other is 100 % minus this one: one home per fact), the
+     domain check (score and threshold, unit ``1``; coded verdict in / out of
+     domain / "domain not checked") and the calibration state, the laterality
+     as a qualitative evaluation (272741003, SCT, "Laterality") = Left / Right,
+     and the model as TID 4019 Algorithm Identification (name, version, family
+     (123110, DCM, "Artificial Intelligence"), parameters ``architecture=…``,
+     ``checkpoint_sha256=…``: IHE AIR). No Finding Site (363698007): OHIF
+     prints a Finding Site as a label line "363698007: Breast"; the procedure
+     (Mammography) and the referenced image say it is the breast. With
+     ``prediction_withheld`` the finding and the probabilities are left out
+     and the verdict says why.
   2. per hot region of each explainer (hottest first), one group: the region's
      closed polygon, finding type MXAI-HOTREGION, Measurement Method = the
      method's code, its TID 4019 (name, version, one parameter per
-     ``key=value``), tracking identifier "<method> region k". NUMs in the
-     order OHIF prints them (it shows the first five, "meaning: value unit"):
-     the method's share of attribution in this region (``MXAI-RS-<code>``,
-     meaning "<method> attribution in region", ``%``: so the label names the
-     method), then, in the method's *first* region only (one home per fact),
-     the method's quality figures (MXAI-Q-*, unit ``1``) and computation time
-     (``s``), then the region's peak and mean normalised attribution (``1``).
+     ``key=value``), tracking identifier "<method> region k". OHIF puts one
+     label per group at the right-most point of its outline (no clamping, no
+     overlap avoidance in its DICOMSRDisplayTool) and prints the first five
+     NUMs, "meaning: value unit"; the regions of several methods often sit on
+     the same spot, so their labels pile up. Hence few NUMs: every region has
+     the method's share of attribution in it (``MXAI-RS-<code>``, meaning
+     "<method> attribution in region", ``%``: one line that names the
+     method); the method's *first* (hottest) region alone also carries the
+     method's figures (one home per fact): its quality scores (MXAI-Q-*, unit
+     ``1``, faithfulness and the randomisation check first: :data:`LABEL_ORDER`)
+     and computation time (``s``, last).
 
 * Qualitative Evaluations container (C0034375, UMLS): per failed method a TEXT
   (MXAI-EXPLFAIL) "method: reason"; per map that is not informative a TEXT
@@ -109,8 +118,10 @@ def method_algorithm_id(method_map: MethodMap, software_version: str, manufactur
         parameters=params or None, manufacturer=manufacturer)
 
 
-def _finding_sites(mammogram: Mammogram) -> list[hd.sr.FindingSite]:
-    return [hd.sr.FindingSite(anatomic_location=codes.BREAST, laterality=codes.laterality_code(mammogram.laterality))]
+def _laterality(mammogram: Mammogram) -> list[hd.sr.QualitativeEvaluation]:
+    """The image's laterality as a qualitative evaluation (none when unknown); see the module docstring."""
+    side = codes.laterality_code(mammogram.laterality)
+    return [hd.sr.QualitativeEvaluation(codes.LATERALITY, side)] if side is not None else []
 
 
 def _num(name: CodedConcept, value: float, unit: CodedConcept = codes.UNITLESS) -> hd.sr.Measurement:
@@ -187,9 +198,10 @@ def classification_group(mammogram: Mammogram, result: ImageResult, output: Outp
         measurements.append(_num(PROBABILITY_OF_CANCER, 100.0 * result.malignancy_probability, PERCENT))
         if breast_max:
             measurements.append(_num(codes.BREAST_MAX_PROBABILITY, 100.0 * result.malignancy_probability, PERCENT))
-        for name, p in zip(result.class_names, result.probabilities):
-            if name != result.positive_class:
-                measurements.append(_num(codes.class_probability_code(name), 100.0 * p, PERCENT))
+        if len(result.class_names) > 2:     # with two classes the other is 100 % minus P(cancer)
+            for name, p in zip(result.class_names, result.probabilities):
+                if name != result.positive_class:
+                    measurements.append(_num(codes.class_probability_code(name), 100.0 * p, PERCENT))
     domain_nums, evaluations = _domain_items(result)
     if result.prediction_withheld:
         evaluations.insert(0, hd.sr.QualitativeEvaluation(codes.FINDING, codes.PREDICTION_WITHHELD))
@@ -199,16 +211,24 @@ def classification_group(mammogram: Mammogram, result: ImageResult, output: Outp
         referenced_region=_image_region(mammogram, image_border(mammogram)),
         finding_type=finding,
         algorithm_id=model_algorithm_id(result.algorithm, output.manufacturer),
-        finding_sites=_finding_sites(mammogram),
         measurements=measurements + domain_nums,
-        qualitative_evaluations=evaluations,
+        qualitative_evaluations=evaluations + _laterality(mammogram),
     )
 
 
+#: Quality figures first in a region's label (OHIF prints a label's first five NUMs): faithfulness, then the
+#: sanity check against a randomised model, the stability of a sampled map, robustness, sparseness; the
+#: figures faithfulness is computed from (deletion / insertion AUC) and the rest follow.
+LABEL_ORDER: tuple[str, ...] = ("faithfulness", "randomisation_rho", "stability", "max_sensitivity", "sparseness")
+
+
 def method_measurements(method_map: MethodMap) -> list[hd.sr.Measurement]:
-    """A method's own figures: its quality scores (MXAI-Q-*, unit ``1``, NaN skipped) and computation time."""
-    measurements = [_num(codes.quality_code(key), value) for key, value in method_map.quality.items()
-                    if _finite(value)]
+    """A method's own figures: its quality scores (MXAI-Q-*, unit ``1``, NaN skipped) in :data:`LABEL_ORDER`,
+    then its computation time (last)."""
+    rank = {key: i for i, key in enumerate(LABEL_ORDER)}
+    keys = sorted(method_map.quality, key=lambda key: rank.get(key, len(rank)))   # stable: the rest keep order
+    measurements = [_num(codes.quality_code(key), method_map.quality[key]) for key in keys
+                    if _finite(method_map.quality[key])]
     return measurements + [_num(COMPUTATION_TIME, method_map.seconds, SECONDS)]
 
 
@@ -222,11 +242,11 @@ def _figures_text(method_map: MethodMap) -> str:
 def region_group(mammogram: Mammogram, method_map: MethodMap, region: HotRegion, index: int,
                  result: ImageResult, output: OutputSettings, *, identity: OutputIdentity
                  ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The TID 1410 planar ROI of one hot region; region 1 also carries the method's own figures."""
+    """The TID 1410 planar ROI of one hot region: the method's share of attribution in it; region 1 also carries
+    the method's own figures (see the module docstring)."""
     measurements = [_num(codes.region_share_code(method_map), 100.0 * region.mass_fraction, PERCENT)]
     if index == 1:
         measurements += method_measurements(method_map)
-    measurements += [_num(codes.REGION_PEAK, region.peak), _num(codes.REGION_MEAN, region.mean)]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=identity.uid("region", method_map.method, index),
@@ -235,8 +255,7 @@ def region_group(mammogram: Mammogram, method_map: MethodMap, region: HotRegion,
         finding_type=codes.HOT_REGION,
         method=codes.method_code(method_map),
         algorithm_id=method_algorithm_id(method_map, result.algorithm.software_version, output.manufacturer),
-        # no finding site here: the classification group has it (breast, laterality), and OHIF would print
-        # it as a sixth label line "363698007: Breast" under every region
+        # no finding site: OHIF would print it as a label line "363698007: Breast" (see the module docstring)
         measurements=measurements,
     )
 

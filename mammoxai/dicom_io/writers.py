@@ -8,8 +8,8 @@ the objects ``output`` asks for, in this order:
 2. one SC montage of the maps (``output.montage``);
 3. one Comprehensive SR, TID 1500 (``output.structured_report``), listing every map;
 4. (``output.segmentation``) one BINARY SEG of every method's hot regions (a segment per
-   method, for viewers: OHIF) and one FRACTIONAL SEG per explainer (the maps as data; see
-   :mod:`mammoxai.dicom_io.seg`);
+   method, for viewers: OHIF; its own series, kind ``"region_seg"``) and one FRACTIONAL SEG
+   per explainer (the maps as data, kind ``"seg"``; see :mod:`mammoxai.dicom_io.seg`);
 5. one GSPS with the hot regions of every method (``output.gsps``).
 
 Maps whose ``not_informative`` is set are never drawn (no overlay, montage
@@ -38,7 +38,7 @@ from .identity import OutputIdentity, image_output_identity, summary_identity
 from .regions import HotRegion, find_hot_regions
 from .results import ImageResult, MethodMap
 from .sc import write_montage_sc, write_overlay_sc
-from .seg import HOT_REGION_SEG, write_hot_region_seg, write_seg
+from .seg import write_hot_region_seg, write_seg
 from .sr import write_sr, write_summary_sr
 from .gsps import write_gsps
 from .write_errors import DicomWriteError
@@ -117,8 +117,7 @@ def write_results(mammogram: Mammogram, result: ImageResult, output: OutputSetti
     if output.structured_report:
         outputs.append(write_sr(mammogram, result, output, regions, identity=identity("sr")))
     if output.segmentation:
-        binary = write_hot_region_seg(mammogram, drawn, output, regions, identity=image_output_identity(
-            mammogram, "seg", base, method=HOT_REGION_SEG, display_name="hot regions"))
+        binary = write_hot_region_seg(mammogram, drawn, output, regions, identity=identity("region_seg"))
         if binary is not None:
             outputs.append(binary)
         for m in drawable:

@@ -71,7 +71,11 @@ def c_store(files: Sequence[Path], peer: Peer, calling_ae: str, tls: TlsSettings
     """C-STORE ``files`` to ``peer`` over one association; returns (file, status) for each file sent.
 
     Each file is offered in its own transfer syntax plus the uncompressed ones,
-    so compressed files go as they are when the peer accepts it. Raises
+    so compressed and deflated files go as they are when the peer accepts it.
+    A peer that refuses the file's syntax gets it re-encoded, with its SOP
+    Instance UID kept: a compressed file decompressed, a Deflated Explicit VR
+    Little Endian file (mammoxai's hot-region SEG) in Explicit VR Little
+    Endian (the same data set, only not deflated). Raises
     :class:`SendError` when the association cannot be made; a file that is not
     DICOM raises too unless ``skip_non_dicom``.
     """
@@ -114,7 +118,10 @@ def c_store(files: Sequence[Path], peer: Peer, calling_ae: str, tls: TlsSettings
             if (sop, ts) not in accepted:
                 if not any(a == sop for a, _ in accepted):
                     raise SendError(f"{path.name}: {peer} accepts no context for SOP class {UID(sop).name or sop}")
-                if UID(ts).is_compressed:
+                if UID(ts).is_deflated:
+                    # the data set was inflated on reading; sent in Explicit VR Little Endian as it is
+                    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                elif UID(ts).is_compressed:
                     try:
                         # the peer takes it uncompressed only; keep the SOP Instance UID (pydicom would
                         # mint a new one by default, and the archive would keep one copy per retry)

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from mammoxai.config.settings import OutputSettings
 from mammoxai.dicom_io import read_mammogram
@@ -85,10 +86,27 @@ def make_result(shape: tuple[int, int], *, methods: tuple[str, ...] = (
 
 # --- validators ----------------------------------------------------------------------------------
 
+def explicit_vr_copy(path: Path) -> Path:
+    """``path`` itself, or for a Deflated Explicit VR Little Endian file the Explicit VR Little Endian encoding
+    of the same data set beside it (``<name>.explicit.dcm``): dciodvfy cannot read deflated files. The copy
+    differs from the deflated file only in (0002,0010) Transfer Syntax UID and the deflation."""
+    ds = pydicom.dcmread(path)
+    if ds.file_meta.TransferSyntaxUID != DeflatedExplicitVRLittleEndian:
+        return path
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    copy = path.with_name(f"{path.stem}.explicit.dcm")
+    ds.save_as(copy, enforce_file_format=True)
+    inflated, deflated = pydicom.dcmread(copy), pydicom.dcmread(path)
+    assert inflated == deflated, f"{path.name}: the deflated file and its Explicit VR encoding differ"
+    assert inflated.PixelData == deflated.PixelData
+    return copy
+
+
 def dciodvfy(path: Path) -> tuple[int, list[str], list[str]]:
-    """(exit status, error lines, warning lines) of dciodvfy on a file."""
+    """(exit status, error lines, warning lines) of dciodvfy on a file (a deflated one: on
+    :func:`explicit_vr_copy`)."""
     assert DCIODVFY, "dciodvfy (Debian package dicom3tools) is not installed"
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([DCIODVFY, str(explicit_vr_copy(path))], capture_output=True, text=True, timeout=60)
     lines = (proc.stdout + proc.stderr).splitlines()
     errors = [l for l in lines if l.startswith("Error")]
     warnings = [l for l in lines if l.startswith("Warning")]
@@ -158,5 +176,5 @@ def dw():
     import types
     return types.SimpleNamespace(
         phantom_dataset=phantom_dataset, mammogram_from_dataset=mammogram_from_dataset, gaussian=gaussian,
-        make_result=make_result, dciodvfy=dciodvfy, assert_valid=assert_valid, save_all=save_all,
+        make_result=make_result, dciodvfy=dciodvfy, explicit_vr_copy=explicit_vr_copy, assert_valid=assert_valid, save_all=save_all,
         ALLOWED_WARNINGS=ALLOWED_WARNINGS)

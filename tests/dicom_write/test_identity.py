@@ -40,6 +40,8 @@ def _key(ds) -> tuple[str, str]:
     """(object kind, method) of an output, read back from the object."""
     modality, description = str(ds.Modality), str(ds.SeriesDescription)
     if modality == "SEG":
+        if ds.SegmentationType == "BINARY":
+            return "region_seg", ""
         return "seg", str(ds.SegmentSequence[0].SegmentLabel)
     if modality == "OT":
         return ("montage", "") if "montage" in description else ("sc", description)
@@ -56,7 +58,7 @@ def test_same_inputs_give_the_same_uids_and_they_are_valid():
 
 
 def test_every_kind_method_and_source_has_its_own_uids():
-    idents = [_ident(k) for k in ("montage", "sr", "gsps")]
+    idents = [_ident(k) for k in ("montage", "sr", "region_seg", "gsps")]
     idents += [_ident(k, method=m, series_slot=s) for k in ("sc", "seg") for m, s in (("gradcam", 6), ("lrp", 14))]
     idents.append(_ident("sr", source_sop_instance_uid=SOURCE + ".1"))
     assert len({i.sop_instance_uid for i in idents}) == len(idents)
@@ -68,7 +70,8 @@ def test_every_kind_method_and_source_has_its_own_uids():
 
 
 def test_left_and_right_never_share_a_series():
-    for kind, method in (("sc", "gradcam"), ("montage", None), ("sr", None), ("seg", "gradcam"), ("gsps", None)):
+    for kind, method in (("sc", "gradcam"), ("montage", None), ("sr", None), ("seg", "gradcam"), ("region_seg", None),
+                         ("gsps", None)):
         left, right = _ident(kind, method=method, laterality="L"), _ident(kind, method=method, laterality="R")
         assert left.series_instance_uid != right.series_instance_uid, kind
         assert left.series_description.endswith(" L") and right.series_description.endswith(" R")
@@ -121,7 +124,7 @@ def test_write_results_is_deterministic_down_to_every_uid(phantom_l_cc, dw):
                                       series_slot=by_method[name].series_slot)
                 for name in ("gradcam", "lrp", "integrated_gradients")]
     expected += [image_output_identity(phantom_l_cc, kind, 9100) for kind in ("montage", "sr")]
-    expected.append(image_output_identity(phantom_l_cc, "seg", 9100, method="hot-regions"))   # the BINARY SEG
+    expected.append(image_output_identity(phantom_l_cc, "region_seg", 9100))   # the BINARY SEG, its own series
     expected += [image_output_identity(phantom_l_cc, "seg", 9100, method=m.method, series_slot=m.series_slot)
                  for m in result.maps]
     expected.append(image_output_identity(phantom_l_cc, "gsps", 9100))
@@ -186,4 +189,4 @@ def test_maps_that_say_nothing_are_not_drawn(phantom_l_cc, dw):
 
 
 def test_module_exports_one_place():
-    assert set(identity.IMAGE_KINDS) == {"sc", "montage", "sr", "seg", "gsps"}
+    assert set(identity.IMAGE_KINDS) == {"sc", "montage", "sr", "seg", "region_seg", "gsps"}

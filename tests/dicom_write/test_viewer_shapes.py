@@ -21,7 +21,8 @@ from mammoxai.config.settings import OutputSettings
 from mammoxai.dicom_io import codes
 from mammoxai.dicom_io.identity import image_output_identity, summary_identity
 from mammoxai.dicom_io.results import DomainCheck
-from mammoxai.dicom_io.seg import METHOD_RGB, OHIF_DEFAULT_ORIENTATION, region_mask, write_hot_region_seg
+from mammoxai.dicom_io.palette import METHOD_RGB
+from mammoxai.dicom_io.seg import OHIF_DEFAULT_ORIENTATION, region_mask, write_hot_region_seg
 from mammoxai.dicom_io.sr import domain_caution, image_border, region_outline, write_sr, write_summary_sr
 from mammoxai.dicom_io.writers import hot_regions
 
@@ -106,7 +107,20 @@ def test_per_image_sr_is_drawable_by_ohif_and_stone(phantom_l_cc, dw, tmp_path):
         assert len(mine) == len(regions[method_map.method]) >= 1
         labels = [i.ConceptNameCodeSequence[0].CodeMeaning for i in mine[0].ContentSequence if i.ValueType == "NUM"]
         assert labels[0] == f"{method_map.display_name} attribution in region"
-        assert codes.quality_code("faithfulness").meaning in labels[:5]
+        assert labels[1:3] == [codes.quality_code("faithfulness").meaning,    # the figures a reader looks for
+                               codes.quality_code("randomisation_rho").meaning]
+        assert labels[-1] == "Computation time"
+        # the method's figures once, on its first region; every other region's label is one line naming it
+        for group in mine[1:]:
+            assert [i.ConceptNameCodeSequence[0].CodeMeaning for i in group.ContentSequence
+                    if i.ValueType == "NUM"] == [labels[0]]
+    # OHIF prints a Finding Site (363698007) as a label line "363698007: Breast": none; laterality is coded instead
+    assert not [i for g in groups for i in g.ContentSequence if _code(i) == "363698007"]
+    laterality = [i for i in first.ContentSequence if _code(i) == "272741003"]
+    assert [str(i.ConceptCodeSequence[0].CodeMeaning) for i in laterality] == ["Left"]
+    # two classes: P(benign) would be 100 % - P(cancer), a second home for one fact and one more label line
+    percents = [_code(i) for i in nums if i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"]
+    assert percents == ["111047"]
 
 
 def test_sr_round_trips_through_highdicom(phantom_l_cc, dw, tmp_path):
@@ -216,14 +230,15 @@ def test_binary_hot_region_seg_for_ohif(dw, tmp_path, pixel_spacing):
     result = dw.make_result(mg.pixels.shape, methods=("gradcam", "integrated_gradients", "saliency"))
     regions = hot_regions(result, OutputSettings())
     seg = write_hot_region_seg(mg, result, OutputSettings(), regions, identity=image_output_identity(
-        mg, "seg", 9100, method="hot-regions"))
+        mg, "region_seg", 9100))
     path = tmp_path / "binary.dcm"
     seg.save_as(path, enforce_file_format=True)
-    dw.assert_valid(path)
+    dw.assert_valid(path)          # dciodvfy on the Explicit VR re-encoding (it cannot read deflated files)
     seg = pydicom.dcmread(path)
     assert seg.SegmentationType == "BINARY" and (seg.Rows, seg.Columns) == mg.pixels.shape
-    # uncompressed: readable by any archive and viewer without a codec (see seg.HOT_REGION_SEG_TRANSFER_SYNTAX)
-    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    # deflated (see seg.HOT_REGION_SEG_TRANSFER_SYNTAX): the file is a small fraction of its 1-bit frames
+    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert path.stat().st_size < len(seg.PixelData) / 4
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [m.display_name for m in result.maps]
     for k, segment in enumerate(seg.SegmentSequence):
         expected = hd.color.CIELabColor.from_rgb(*METHOD_RGB[k]).value
@@ -251,4 +266,40 @@ def test_binary_hot_region_seg_for_ohif(dw, tmp_path, pixel_spacing):
 def test_no_hot_region_no_binary_seg(phantom_l_cc, dw):
     result = dw.make_result(phantom_l_cc.pixels.shape, methods=("gradcam",))
     assert write_hot_region_seg(phantom_l_cc, result, OutputSettings(), {"gradcam": []}, identity=image_output_identity(
-        phantom_l_cc, "seg", 9100, method="hot-regions")) is None
+        phantom_l_cc, "region_seg", 9100)) is None
+
+
+def test_region_mask_takes_the_pixels_whose_centres_are_inside():
+    """The scanline fill agrees with matplotlib's point-in-polygon test at every pixel centre."""
+    from matplotlib.path import Path as MplPath
+
+    from mammoxai.dicom_io.regions import HotRegion
+    from mammoxai.dicom_io.seg import polygon_mask
+
+    square = np.array([[10, 10], [20, 10], [20, 20], [10, 20], [10, 10]], dtype=float)
+    mask = np.zeros((40, 40), dtype=bool)
+    polygon_mask(square, mask)
+    assert mask.sum() == 100 and mask[10:20, 10:20].all()        # centres 10.5 ... 19.5
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:60, 0:50]
+    centres = np.c_[xx.ravel() + 0.5, yy.ravel() + 0.5]
+    for _ in range(20):             # random star-shaped polygons, some crossing the image border
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 9))
+        radius = rng.uniform(5, 30, 9)
+        ring = np.c_[25 + radius * np.cos(angles), 30 + radius * np.sin(angles)]
+        polygon = np.vstack([ring, ring[:1]]).astype(np.float32)
+        expected = MplPath(polygon).contains_points(centres).reshape(60, 50)
+        got = region_mask([HotRegion(polygon, 0.0, 1.0, 1.0, 1.0, (0.0, 0.0))], (60, 50))
+        assert np.array_equal(got, expected)
+
+
+def test_more_than_two_classes_list_every_class_probability(phantom_l_cc, dw, tmp_path):
+    base = dw.make_result(phantom_l_cc.pixels.shape, methods=("gradcam",))
+    result = dataclasses.replace(base, class_names=("normal", "benign", "malignant"), probabilities=(0.2, 0.3, 0.5))
+    ds, path = _sr(phantom_l_cc, result, tmp_path, "three")
+    dw.assert_valid(path)
+    nums = [i for i in _groups(ds)[0].ContentSequence if i.ValueType == "NUM"
+            and i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"]
+    assert [_code(i) for i in nums] == ["111047", codes.class_probability_code("normal").value,
+                                        codes.class_probability_code("benign").value]
+    assert [float(i.MeasuredValueSequence[0].NumericValue) for i in nums] == [50.0, 20.0, 30.0]

@@ -105,6 +105,7 @@ def test_four_view_study_no_series_mixes_breasts(tmp_path, orthanc, node_port):
     series_list = client.get_studies_id_series(study_id)              # Orthanc's own series list
     ours = 0
     sides_seen: dict[str, set[str]] = {}
+    seg_series: dict[str, set[str]] = {}
     for series in series_list:
         instances = [client.get_instances_id_simplified_tags(i["ID"]) for i in client.get_series_id_instances(series["ID"])]
         if set(t["SOPInstanceUID"] for t in instances) <= set(laterality_of):
@@ -115,6 +116,11 @@ def test_four_view_study_no_series_mixes_breasts(tmp_path, orthanc, node_port):
             assert len(values) == 1, f"series {series['MainDicomTags'].get('SeriesDescription')}: {keyword} {values}"
         description = instances[0]["SeriesDescription"]
         assert series["MainDicomTags"].get("SeriesDescription") == description
+        if instances[0]["Modality"] == "SEG":      # hot regions (BINARY) and maps (FRACTIONAL): a series each
+            types = {str(t.get("SegmentationType")) for t in instances}
+            assert types == {"BINARY" if description.startswith("mammoxai hot regions (SEG)") else "FRACTIONAL"}, \
+                (description, types)
+            seg_series.setdefault(types.pop(), set()).add(description)
         sides = set()
         for t in instances:
             own = {t[k] for k in ("Laterality", "ImageLaterality") if t.get(k)}
@@ -126,7 +132,9 @@ def test_four_view_study_no_series_mixes_breasts(tmp_path, orthanc, node_port):
             assert len(sides) == 1, f"series {description!r} mixes lateralities {sides}"
             assert description.endswith(" " + next(iter(sides))), description
             sides_seen.setdefault(description[:-2], set()).update(sides)
-    assert ours >= 2 * 5 + 1, [s["MainDicomTags"].get("SeriesDescription") for s in series_list]
+    assert ours >= 2 * 6 + 1, [s["MainDicomTags"].get("SeriesDescription") for s in series_list]
+    assert seg_series == {"BINARY": {"mammoxai hot regions (SEG) L", "mammoxai hot regions (SEG) R"},
+                          "FRACTIONAL": {"mammoxai explanation maps (SEG) L", "mammoxai explanation maps (SEG) R"}}
     assert all(s == {"L", "R"} for s in sides_seen.values()), sides_seen   # every kind: one series per breast
 
 
