@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import weakref
 
 import matplotlib
 import numpy as np
@@ -100,6 +101,29 @@ def blend(gray: np.ndarray, normalised: np.ndarray, *, signed: bool, lut: np.nda
     alpha = alpha[..., None].astype(np.float32)
     grey = (np.clip(gray, 0.0, 1.0) * 255.0).astype(np.float32)[..., None]
     return (grey * (1.0 - alpha) + colour * alpha + 0.5).astype(np.uint8)
+
+
+#: (id of the pixel array, flips, shape) -> (weak reference to the array, its resized display image): the
+#: overlays and the montage of one mammogram share it; the source array is not kept alive by the cache
+_DISPLAY_CACHE: dict[tuple[int, bool, bool, tuple[int, int]], tuple[weakref.ref, np.ndarray]] = {}
+_DISPLAY_CACHE_SIZE = 4
+
+
+def display_image(mammogram: Mammogram, shape: tuple[int, int]) -> np.ndarray:
+    """The mammogram in display orientation resized to ``shape`` (float32 in [0, 1], read-only), made once.
+
+    An entry is reused only while its very pixel array is alive (checked by a weak reference).
+    """
+    key = (id(mammogram.pixels), bool(mammogram.flip_horizontal), bool(mammogram.flip_vertical), tuple(shape))
+    hit = _DISPLAY_CACHE.get(key)
+    if hit is not None and hit[0]() is mammogram.pixels:
+        return hit[1]
+    image = resize(mammogram.display_pixels(), shape)
+    image.setflags(write=False)
+    while len(_DISPLAY_CACHE) >= _DISPLAY_CACHE_SIZE:
+        _DISPLAY_CACHE.pop(next(iter(_DISPLAY_CACHE)))
+    _DISPLAY_CACHE[key] = (weakref.ref(mammogram.pixels), image)
+    return image
 
 
 # --- text --------------------------------------------------------------------------------------
@@ -230,7 +254,7 @@ def render_overlay(mammogram: Mammogram, method_map: MethodMap, result: ImageRes
             f"image has {pixels.shape}")
     base, rows, cols = _layout(*pixels.shape, max_size)
     header, footer, strip = _margins(base)
-    gray = resize(mammogram.display_pixels(), (rows, cols))
+    gray = display_image(mammogram, (rows, cols))
     norm = normalise_map(resize(to_display(method_map.heatmap, mammogram), (rows, cols)), method_map.signed)
     lut = colormap_lut(SIGNED_COLORMAP if method_map.signed else colormap)
     page = np.zeros((header + rows + footer, cols + strip, 3), dtype=np.uint8)
@@ -283,7 +307,8 @@ def render_montage(mammogram: Mammogram, result: ImageResult, *, colormap: str =
                                   f"image has {mammogram.pixels.shape}")
     h, w = mammogram.pixels.shape
     nrows, ncols = _grid(len(maps), h, w)
-    limit = (max(h, w) * max(nrows, ncols)) if max_size == "original" else int(max_size)
+    # a page no larger than the source's long side: a small source's montage must not outweigh the source
+    limit = (max(h, w) * max(nrows, ncols)) if max_size == "original" else min(int(max_size), max(h, w))
     base = limit
     header, footer, strip = _margins(base)
     gap = max(2, base // 400)
@@ -295,7 +320,7 @@ def render_montage(mammogram: Mammogram, result: ImageResult, *, colormap: str =
     page_h = header + nrows * (title_h + ph + gap) + footer
     page_w = ncols * (pw + gap) + gap + strip
     page = np.zeros((page_h, page_w, 3), dtype=np.uint8)
-    gray = resize(mammogram.display_pixels(), (ph, pw))
+    gray = display_image(mammogram, (ph, pw))
     titles = []
     for i, m in enumerate(maps):
         r, c = divmod(i, ncols)

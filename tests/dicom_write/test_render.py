@@ -82,6 +82,15 @@ def test_overlay_respects_max_size_and_montage_has_all_panels(real_lcc, dw):
         render.render_montage(real_lcc, dataclasses.replace(result, maps=()))
 
 
+def test_montage_of_a_small_source_is_no_larger_than_the_source(phantom_l_cc, dw):
+    rows, cols = phantom_l_cc.pixels.shape
+    assert max(rows, cols) < 2048
+    result = dw.make_result((rows, cols))
+    montage = render.render_montage(phantom_l_cc, result, max_size=2048)
+    assert max(montage.shape[:2]) <= max(rows, cols)           # the PACS pays no more than the source's size
+    assert max(render.render_montage(phantom_l_cc, result, max_size="original").shape[:2]) > max(rows, cols)
+
+
 def test_a_caution_is_burned_into_the_footer(phantom_l_cc, dw):
     rows, cols = phantom_l_cc.pixels.shape
     result = dw.make_result((rows, cols), methods=("gradcam",))
