@@ -10,10 +10,12 @@ STAMP := $(VENV)/.mammoxai-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages, each with a file that shows it is installed; only the missing ones are installed.
 # chromium drives the OHIF test (tests/viewer); npm fetches the OHIF build (`make ohif`); orthanc-gdcm lets
-# Orthanc transcode JPEG 2000 (our SEGs) when a DICOMweb client asks for another transfer syntax.
+# Orthanc transcode JPEG 2000 (our SEGs) when a DICOMweb client asks for another transfer syntax; redis-server is
+# the broker tests/distributed start themselves (the package's own service is not used).
 DEBIAN_NEEDS := /usr/sbin/Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb \
   /usr/share/orthanc/plugins/libOrthancWebViewer.so:orthanc-webviewer /usr/bin/storescu:dcmtk \
-  /usr/share/orthanc/plugins/libOrthancGdcm.so:orthanc-gdcm /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium
+  /usr/share/orthanc/plugins/libOrthancGdcm.so:orthanc-gdcm /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium \
+  /usr/bin/redis-server:redis-server
 PYTEST_ARGS ?=
 # The OHIF viewer build for tests/viewer: the npm package's prebuilt dist, fetched once per machine.
 OHIF_VERSION := 3.13.2

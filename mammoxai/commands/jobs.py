@@ -1,8 +1,8 @@
 """``mammoxai jobs [list|failed|show|retry] [IDS...] [--all-failed]``: inspect the queue, re-send failed jobs.
 
-Works while the server runs (SQLite WAL: readers and one writer at a time);
-a re-queued job is picked up by the running server, or by the next
-``mammoxai serve`` / ``serve --once``.
+Works while the server runs (SQLite WAL: readers and one writer at a time), and against the broker
+with ``node.job_store = "redis"`` (every worker's jobs); a re-queued job is picked up by the running
+server or workers, or by the next ``mammoxai serve`` / ``serve --once``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Print jobs (``list``: all; ``failed``: failed and dead; ``show``: full rows) or re-queue them (``retry``)."""
-    from ..node.queue import JobQueue, QueueError
+    from ..node.jobstore import open_job_store
+    from ..node.queue import QueueError
     from ..node.spool import Spool
 
-    spool = Spool(settings.node.spool_dir)
-    queue = JobQueue(spool.database)
+    if settings.node.job_store == "redis":
+        from ..node.redis_store import default_consumer_name
+
+        settings.node.consumer_name = f"jobs-cli-{default_consumer_name()}"   # holds nothing, never claims
+        queue = open_job_store(settings, "")
+    else:
+        queue = open_job_store(settings, Spool(settings.node.spool_dir).database)
     try:
         action = args.action
         ids = list(args.job_ids or [])

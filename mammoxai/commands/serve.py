@@ -1,4 +1,10 @@
-"""``mammoxai serve [--port N] [--ae-title AE] [--once]``: run the DICOM node until SIGTERM/SIGINT."""
+"""``mammoxai serve [--port N] [--ae-title AE] [--once] [--role all|scp|worker]``: run the DICOM node until
+SIGTERM/SIGINT.
+
+``--role all`` (the default) runs everything in one process. With a broker (``node.job_store = "redis"``),
+``--role scp`` receives, spools and enqueues, and ``--role worker`` (as many as wanted, on any machine
+mounting the same ``node.spool_dir``) claims, processes and sends.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from ..errors import MammoxaiError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="override node.port")
     p.add_argument("--ae-title", help="override node.ae_title")
     p.add_argument("--once", action="store_true", help="process what is queued, then exit (no SCP)")
+    p.add_argument("--role", choices=["all", "scp", "worker"], default="all",
+                   help="all: everything in one process (default); with node.job_store = 'redis': scp (receive, "
+                        "spool, enqueue) or worker (claim, process, send)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,7 +41,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "ae_title", None):
         settings.node.ae_title = args.ae_title
     once = bool(getattr(args, "once", False))
-    node = Node(settings, scp=not once)
+    role = getattr(args, "role", None) or "all"
+    if once and role != "all":
+        raise MammoxaiError("serve --once runs every step itself: it cannot be combined with --role")
+    node = Node(settings, scp=not once, role=role)
     stop = threading.Event()
 
     def _signal(signum: int, _frame: Any) -> None:
@@ -54,8 +67,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     break
                 stop.wait(0.2)
         else:
-            log.info("node %s ready: SCP port %d, %d worker(s), results to %s", settings.node.ae_title,
-                     node.scp.port if node.scp else 0, settings.node.workers, node.destination.describe())
+            if role == "all":
+                log.info("node %s ready: SCP port %d, %d worker(s), results to %s", settings.node.ae_title,
+                         node.scp.port if node.scp else 0, settings.node.workers, node.destination.describe())
+            elif role == "scp":
+                log.info("node %s ready (role scp): SCP port %d, jobs to %s", settings.node.ae_title,
+                         node.scp.port if node.scp else 0, node.queue.describe())
+            else:
+                log.info("node %s ready (role worker, consumer %s): %d worker(s) on jobs from %s, results to %s",
+                         settings.node.ae_title, getattr(node.queue, "consumer", ""), settings.node.workers,
+                         node.queue.describe(), node.destination.describe())
             stop.wait()
     finally:
         node.stop()

@@ -87,6 +87,15 @@ class NodeSettings(_Section):
     max_process_attempts: int = Field(default=3, ge=1, description="claims (pipeline errors or the process dying "
                                       "while running it) before a job is 'failed'")
     batch_images: int = Field(default=4, ge=1, description="images a worker batches when several are waiting")
+    job_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite", description="'sqlite': the queue in the spool (one node process); 'redis': Redis "
+        "Streams at node.broker_url, shared by `serve --role scp` and `serve --role worker` processes")
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="node.job_store = 'redis': "
+                            "redis://[:password@]host:port/db (rediss:// for TLS)")
+    broker_lease_s: float = Field(default=60.0, gt=0, description="a job (or delivery, or study summary) held by "
+                                  "a process that stopped renewing it is taken over by another after this")
+    consumer_name: str | None = Field(default=None, description="this process in the broker's consumer group; "
+                                      "unique per live process (default: HOST-PID)")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=0, le=65535, description="/healthz and /metrics; 0 disables")
     log_phi: bool = Field(default=False, description="log patient names/IDs (default: UIDs only)")

@@ -13,6 +13,10 @@ source-address filter in :mod:`.security`; the Orthanc configuration and auto-ro
 shared by the integration tests and ``docker/`` in :mod:`.orthanc`. The ``serve``, ``send``, ``echo`` and ``jobs``
 commands that drive this package are in :mod:`mammoxai.commands`.
 
+More than one machine: ``node.job_store = "redis"`` puts the jobs on a broker (:mod:`.redis_store`, Redis
+Streams with a consumer group) and ``serve --role scp|worker`` splits the node into one receiving process
+and any number of worker processes on a shared spool (:mod:`.spool`).
+
 Exactly-once delivery: each step is durable before the next, a crash replays at most the last step,
 and replays produce the same SOP Instance UIDs (derived from the source instance), which an archive
 stores once.

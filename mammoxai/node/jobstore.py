@@ -1,9 +1,11 @@
 """The job life cycle as an interface: :class:`JobStore`, and the :class:`Job` record it hands out.
 
 The node (SCP, workers, sender, ``/healthz``, ``mammoxai jobs``) talks to the job
-store only through this interface. Today's implementation is the SQLite queue in
-the spool (:class:`mammoxai.node.queue.JobQueue`); a broker-based one (RabbitMQ,
-Redis streams) can implement the same methods for several nodes sharing work.
+store only through this interface. Two implementations, chosen by ``node.job_store``
+(:func:`open_job_store`): the SQLite queue in the spool (:class:`mammoxai.node.queue.JobQueue`,
+the default: one node process), and Redis Streams with a consumer group
+(:class:`mammoxai.node.redis_store.RedisJobStore`: one SCP and worker processes on
+several machines sharing the work, ``serve --role scp|worker``).
 
 Life cycle (``Job.state``)::
 
@@ -23,9 +25,10 @@ What an implementation must guarantee (the node's crash safety rests on it):
 * a job once tried is claimed alone, never batched, so a poison job cannot hold others back;
 * :meth:`~JobStore.finish_delivery` only finishes the reception it was given (``revision``).
 
-For a distributed implementation: ``claim`` is where a lease would be taken (the worker
-name is passed for that), :meth:`~JobStore.recover` is where expired leases return, and
-the study bookkeeping (:meth:`~JobStore.due_summaries`) must be shared by all nodes.
+For a distributed implementation: ``claim`` takes a lease (and takes over expired ones,
+counting the attempt there), :meth:`~JobStore.recover` returns the jobs this process's
+previous incarnation held, :meth:`~JobStore.held` is what this process holds, and the study
+bookkeeping (:meth:`~JobStore.due_summaries`, :meth:`~JobStore.claim_summary`) is shared by all.
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 STATES = ("received", "running", "sending", "done", "ignored", "failed", "dead")
 #: states a job never leaves by itself
@@ -64,6 +70,7 @@ class Job:
     updated_at: float = 0.0
     next_attempt_at: float = 0.0
     revision: int = 0        # receptions of the instance; see JobStore.finish_delivery
+    worker: str = ""         # the process holding it while 'running' (broker stores; '' in SQLite)
 
     @property
     def sop_instance_uid(self) -> str:
@@ -74,6 +81,7 @@ class Job:
         """One line for the operator: id, state, attempts, UIDs (no patient data)."""
         text = (f"{self.id:>6} {self.state:<8} {self.kind:<8} attempts={self.attempts} "
                 f"failed_sends={self.send_attempts} outputs={self.outputs} study={self.study_uid} key={self.key}")
+        text += f" worker={self.worker}" if self.worker and self.state == "running" else ""
         return text + (f" error={self.error}" if self.error else "")
 
 
@@ -156,6 +164,12 @@ class JobStore(abc.ABC):
     def due_summaries(self, quiet_s: float, now: float | None = None) -> list[str]:
         """Studies with a summary due, nothing received for ``quiet_s`` and no instance waiting or running."""
 
+    def claim_summary(self, study_uid: str, worker: str = "", quiet_s: float = 0.0) -> bool:
+        """Whether the caller makes the study's summary now (False: another process is making it, or it is
+        no longer due). One process per store here (the spool lock), so always True; a shared store
+        claims it for one process at a time."""
+        return True
+
     @abc.abstractmethod
     def summary_made(self, study_uid: str, started_at: float | None = None) -> None:
         """The study's summary was made (or found unnecessary) for what was received before ``started_at``."""
@@ -201,6 +215,18 @@ class JobStore(abc.ABC):
     def close(self) -> None:
         """Release the store (connections, channels)."""
 
+    def held(self) -> list[Job]:
+        """The 'running' jobs this process holds (all of them for a store one process owns)."""
+        return self.list(["running"])
+
+    def ping(self) -> str:
+        """'' when the store can be used, else why not (``/healthz``)."""
+        return ""
+
+    def describe(self) -> str:
+        """Where the jobs are kept, for logs."""
+        return type(self).__name__
+
     def pending_count(self) -> int:
         """Jobs not finished yet: waiting, running or sending."""
         c = self.counts()
@@ -210,3 +236,20 @@ class JobStore(abc.ABC):
         """Jobs that failed processing or delivery for good ('failed' + 'dead')."""
         c = self.counts()
         return c["failed"] + c["dead"]
+
+
+JOB_STORES = ("sqlite", "redis")
+
+
+def open_job_store(settings: "Settings", database: Path | str) -> JobStore:
+    """The job store ``node.job_store`` names: the spool's SQLite queue at ``database``, or the broker at
+    ``node.broker_url`` (consumer ``node.consumer_name``, leases of ``node.broker_lease_s``)."""
+    node = settings.node
+    if node.job_store == "redis":
+        from .redis_store import RedisJobStore
+
+        return RedisJobStore(node.broker_url, consumer=node.consumer_name, lease_s=node.broker_lease_s,
+                             max_attempts=node.max_process_attempts)
+    from .queue import JobQueue
+
+    return JobQueue(database)

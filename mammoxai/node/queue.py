@@ -94,6 +94,10 @@ class JobQueue(JobStore):
             if "revision" not in columns:   # a spool made before revisions were counted
                 self._db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
 
+    def describe(self) -> str:
+        """The queue's database file."""
+        return f"SQLite {self.path}"
+
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:

@@ -60,7 +60,7 @@ from ..dicom_io import MAMMOGRAM_CARRIER_SOP_CLASSES
 from ..dicom_io.errors import DicomReadError
 from ..dicom_io.limits import DecodeLimits, ImageTooLargeError, check_image, read_header
 from ..dicom_io.triage import triage
-from .queue import JobQueue
+from .jobstore import JobStore
 from .security import AddressFilter, server_context
 from .spool import Spool
 
@@ -423,7 +423,7 @@ class StorageSCP:
     (the node wakes its workers with it).
     """
 
-    def __init__(self, settings: Settings, spool: Spool, queue: JobQueue,
+    def __init__(self, settings: Settings, spool: Spool, queue: JobStore,
                  on_stored: Callable[[int], None] | None = None,
                  on_event: Callable[[str], None] | None = None) -> None:
         self.settings = settings
@@ -628,7 +628,7 @@ def _short(exc: BaseException, where: str) -> str:
     return text[len(where) + 2:] if text.startswith(where + ": ") else text
 
 
-def adopt_orphans(spool: Spool, queue: JobQueue) -> int:
+def adopt_orphans(spool: Spool, queue: JobStore) -> int:
     """Queue spooled instances that have no job (a crash between the file commit and the job commit).
 
     Their SCU got no Success and will send them again; adopting them means

@@ -1,5 +1,10 @@
 """The node: spool + queue + Storage SCP + workers + sender + /healthz and /metrics (run by ``mammoxai serve``,
-:mod:`mammoxai.commands.serve`)."""
+:mod:`mammoxai.commands.serve`).
+
+Roles (:data:`ROLES`): ``all`` (the default) runs everything in one process on the spool's SQLite queue
+(or on the broker); with a broker (``node.job_store = "redis"``) the work splits: ``scp`` receives,
+spools and enqueues, ``worker`` claims, processes and sends, any number of them, on one shared spool.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ from typing import Any, Callable
 from ..config import Settings
 from ..errors import MammoxaiError
 from .metrics import HttpServer, Metrics, gpu_memory_gauges
-from .jobstore import JobStore
-from .queue import PROCESS_DIED, STATES, JobQueue
+from .jobstore import JobStore, Recovery, open_job_store
+from .queue import PROCESS_DIED, STATES
 from .scp import StorageSCP, adopt_orphans
 from .scu import Destination, TrackedDestination, make_destination
 from .spool import Spool
@@ -44,25 +49,38 @@ class NodeError(MammoxaiError):
     """The node cannot start (a port in use, an unusable spool, ...)."""
 
 
+#: what ``serve --role`` runs: everything (one machine), the receiving side, or the processing side
+ROLES = ("all", "scp", "worker")
+
+
 class Node:
     """Everything ``mammoxai serve`` runs, in one process. :meth:`start`, then :meth:`stop`.
 
-    ``scp=False`` runs workers and sender only (``serve --once``).
+    ``scp=False`` runs workers and sender only (``serve --once``). ``role`` (:data:`ROLES`) 'scp' or
+    'worker' runs one side of a broker-based node (``node.job_store = "redis"``) on a shared spool.
     """
 
     def __init__(self, settings: Settings, pipeline_factory: PipelineFactory = default_pipeline_factory,
-                 destination: Destination | None = None, scp: bool = True, queue: JobStore | None = None) -> None:
+                 destination: Destination | None = None, scp: bool = True, queue: JobStore | None = None,
+                 role: str = "all") -> None:
+        if role not in ROLES:
+            raise NodeError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+        if role != "all" and queue is None and settings.node.job_store != "redis":
+            raise NodeError(f"serve --role {role} needs a job store shared by processes: set node.job_store = "
+                            "'redis' (and node.broker_url)")
+        self.role = role
         self.settings = settings
         self.spool = Spool(settings.node.spool_dir)
-        # the job store: the spool's SQLite queue unless another JobStore (e.g. broker-based) is given
-        self.queue: JobStore = queue if queue is not None else JobQueue(self.spool.database)
+        # the job store: node.job_store (the spool's SQLite queue by default) unless another JobStore is given
+        self.queue: JobStore = queue if queue is not None else open_job_store(settings, self.spool.database)
         self.metrics = Metrics()
         self.stop_event = threading.Event()
         self.work_wake = threading.Event()
         self.send_wake = threading.Event()
         self.pipeline_factory = pipeline_factory
         self.destination = TrackedDestination(destination or make_destination(settings))
-        self.with_scp = scp
+        self.with_scp = scp and role != "worker"
+        self.with_workers = role != "scp"
         self.scp: StorageSCP | None = None
         self.http: HttpServer | None = None
         self.workers: list[Worker] = []
@@ -81,7 +99,10 @@ class Node:
         (before it clears or claims anything). ``serve --once`` (``scp=False``) binds no port at all.
         """
         self.started_at = time.time()
-        self.spool.lock()
+        if self.role == "all":
+            self.spool.lock()
+        else:   # role processes share the spool (each with its own tmp/), never with a single-machine serve
+            self.spool.lock(shared=True, name=_consumer_name(self.queue))
         self._locked = True
         try:
             self._start()
@@ -90,32 +111,37 @@ class Node:
             raise
 
     def _start(self) -> None:
+        if self.role == "scp":
+            self.spool.lock_reception()
         removed = self.spool.clear_tmp()
-        recovery = self.queue.recover(self.settings.node.max_process_attempts)
+        recovery = Recovery(0, [])
+        if self.with_workers:
+            recovery = self.queue.recover(self.settings.node.max_process_attempts)
         for job_id in recovery.given_up:
             log.error("job %d failed: %s %d times (node.max_process_attempts); given up", job_id, PROCESS_DIED,
                       self.settings.node.max_process_attempts)
-        adopted = adopt_orphans(self.spool, self.queue)
+        adopted = adopt_orphans(self.spool, self.queue) if self.role != "worker" else 0
         if removed or recovery.requeued or adopted:
             log.info("recovered after a restart: %d job(s) re-queued, %d spooled instance(s) adopted, "
                      "%d partial file(s) removed", recovery.requeued, adopted, removed)
-        # One pipeline (model + explainers) per worker: explainers keep per-call state, so workers
-        # share nothing and really run in parallel (on a GPU each holds its own model copy).
-        self.pipelines = [self.pipeline_factory(self.settings) for _ in range(self.settings.node.workers)]
-        self.pipeline = self.pipelines[0]
-        for i, pipeline in enumerate(self.pipelines):
-            w = Worker(f"mammoxai-worker-{i}", self.settings, self.queue, self.spool, pipeline, self.metrics,
-                       self.stop_event, self.work_wake)
-            w.start()
-            self.workers.append(w)
-        self.sender = Sender(self.settings, self.queue, self.spool, self.destination, self.metrics,
-                             self.stop_event, self.send_wake)
-        self.sender.start()
+        if self.with_workers:
+            # One pipeline (model + explainers) per worker: explainers keep per-call state, so workers
+            # share nothing and really run in parallel (on a GPU each holds its own model copy).
+            self.pipelines = [self.pipeline_factory(self.settings) for _ in range(self.settings.node.workers)]
+            self.pipeline = self.pipelines[0]
+            for i, pipeline in enumerate(self.pipelines):
+                w = Worker(f"mammoxai-worker-{i}", self.settings, self.queue, self.spool, pipeline, self.metrics,
+                           self.stop_event, self.work_wake)
+                w.start()
+                self.workers.append(w)
+            self.sender = Sender(self.settings, self.queue, self.spool, self.destination, self.metrics,
+                                 self.stop_event, self.send_wake)
+            self.sender.start()
         self.metrics.add_gauges(self._gauges)
         self.metrics.add_gauges(gpu_memory_gauges)
         node = self.settings.node
         try:
-            if node.http_port and self.with_scp:   # serve --once serves no one: no HTTP port either
+            if node.http_port and (self.with_scp or self.role == "worker"):   # serve --once: no HTTP port either
                 self.http = HttpServer(node.http_host, node.http_port, self.metrics, self.health)
                 self.http.start()
             if self.with_scp:
@@ -130,7 +156,8 @@ class Node:
 
     def healthy(self) -> bool:
         """True while the worker and sender threads are alive (and the SCP listens, when it runs)."""
-        threads_ok = all(w.is_alive() for w in self.workers) and self.sender is not None and self.sender.is_alive()
+        threads_ok = not self.with_workers or (all(w.is_alive() for w in self.workers) and self.sender is not None
+                                               and self.sender.is_alive())
         return threads_ok and (not self.with_scp or self.scp is not None) and not self.stop_event.is_set()
 
     def health(self) -> tuple[str, list[str]]:
@@ -143,6 +170,9 @@ class Node:
         """
         if not self.healthy():
             return "unhealthy", ["a worker or the sender thread is not running, or the node is stopping"]
+        broker = self.queue.ping()
+        if broker:
+            return "unhealthy", [broker]
         reasons = [text for _, text in self._degraded()]
         return ("degraded", reasons) if reasons else ("ok", [])
 
@@ -154,7 +184,7 @@ class Node:
         if free < node.disk_free_watermark_mb:
             out.append(("disk", f"spool disk: {free:.0f} MB free, below node.disk_free_watermark_mb "
                                 f"{node.disk_free_watermark_mb:g}"))
-        failing = self.destination.failing_for()
+        failing = self.destination.failing_for() if self.with_workers else 0.0
         if failing > node.destination_alert_s:
             out.append(("destination", f"destination {self.destination.describe()} failing for {failing:.0f} s "
                                        f"(node.destination_alert_s {node.destination_alert_s:g}): "
@@ -174,14 +204,19 @@ class Node:
 
 
     def _gauges(self) -> list[tuple[str, dict[str, str], float]]:
+        store_problem = self.queue.ping()
+        out = [("mammoxai_node_role", {"role": self.role}, 1.0),
+               ("mammoxai_job_store_up", {}, 0.0 if store_problem else 1.0),
+               ("mammoxai_uptime_seconds", {}, time.time() - self.started_at),
+               ("mammoxai_spool_free_bytes", {}, self.spool.free_mb() * 1024 * 1024),
+               ("mammoxai_destination_failing_seconds", {}, self.destination.failing_for())]
+        if store_problem:   # the job gauges come from the store: left out while it cannot answer
+            return out
         counts = self.queue.counts()
-        out = [("mammoxai_jobs", {"state": s}, float(counts[s])) for s in STATES]
+        out += [("mammoxai_jobs", {"state": s}, float(counts[s])) for s in STATES]
         out.append(("mammoxai_queue_depth", {}, float(counts["received"] + counts["running"])))
         out.append(("mammoxai_send_backlog", {}, float(counts["sending"])))
         out.append(("mammoxai_oldest_waiting_seconds", {}, self.queue.oldest_waiting_age()))
-        out.append(("mammoxai_uptime_seconds", {}, time.time() - self.started_at))
-        out.append(("mammoxai_spool_free_bytes", {}, self.spool.free_mb() * 1024 * 1024))
-        out.append(("mammoxai_destination_failing_seconds", {}, self.destination.failing_for()))
         out.append(("mammoxai_jobs_over_budget", {}, float(len(self._overdue_jobs()))))
         out.append(("mammoxai_poison_jobs", {}, float(self.queue.poison_count())))
         degraded = {label for label, _ in self._degraded()}
@@ -216,7 +251,7 @@ class Node:
         for t in [*self.workers, *( [self.sender] if self.sender else [])]:
             t.join(max(0.0, deadline - time.time()))
         try:
-            still = self.queue.list(["running"])
+            still = self.queue.held()
             for job in still:
                 self.queue.requeue(job.id)
             if still:
@@ -228,4 +263,9 @@ class Node:
             self.http = None
         self.queue.close()
         self.spool.unlock()
-        log.info("node stopped")
+        log.info("node stopped" + ("" if self.role == "all" else f" (role {self.role})"))
+
+
+def _consumer_name(queue: JobStore) -> str:
+    """The store's name for this process (a broker's consumer), also this process's ``tmp/`` folder name."""
+    return str(getattr(queue, "consumer", "") or "")

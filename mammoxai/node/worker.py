@@ -128,7 +128,8 @@ class Worker(threading.Thread):
     run in parallel. Study summaries are made between batches, as soon as their study is quiet.
     """
 
-    #: one worker at a time makes study summaries (two would make the same summary twice)
+    #: one worker thread at a time makes study summaries (two would make the same summary twice); across
+    #: processes sharing a broker, :meth:`~mammoxai.node.jobstore.JobStore.claim_summary` does the same
     _summaries = threading.Lock()
 
     def __init__(self, name: str, settings: Settings, queue: JobStore, spool: Spool, pipeline: PipelineLike,
@@ -187,7 +188,7 @@ class Worker(threading.Thread):
             self.busy_since = None
 
     def _process(self, jobs: list[Job]) -> None:
-        paths = [Path(j.path) for j in jobs]
+        paths = [self.spool.localise(j.path) for j in jobs]
         try:
             outcomes = self.pipeline.outcomes(paths)
             if len(outcomes) != len(jobs):
@@ -268,7 +269,10 @@ class Worker(threading.Thread):
             return False
         try:
             did = False
-            for study in self.queue.due_summaries(self.settings.node.study_quiet_seconds):
+            quiet = self.settings.node.study_quiet_seconds
+            for study in self.queue.due_summaries(quiet):
+                if not self.queue.claim_summary(study, self.name, quiet):
+                    continue   # another worker process makes it (a store shared by several processes)
                 did = True
                 started = time.time()
                 self._summarise(study)   # a full disk raises: the summary stays due

@@ -41,6 +41,8 @@ def test_compose_wires_orthanc_and_node(monkeypatch):
     assert settings.destination.kind == "dicom" and settings.node.port == int(node_env["MAMMOXAI_NODE__PORT"])
     # the Dockerfiles the compose file builds exist and copy files that exist
     for service in services.values():
+        if "build" not in service:      # an upstream image (the scaled profile's broker)
+            continue
         dockerfile = (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve()
         context = (DOCKER / service["build"]["context"]).resolve()
         ignore_file = dockerfile.with_name(dockerfile.name + ".dockerignore")
@@ -55,6 +57,33 @@ def test_compose_wires_orthanc_and_node(monkeypatch):
                 for source in m.group(1).split():
                     assert (context / source).exists(), f"{dockerfile.name}: COPY {source} missing"
                     assert source not in ignored, f"{dockerfile.name}: COPY {source} is excluded"
+
+
+def test_compose_scaled_profile_wires_broker_scp_and_workers(monkeypatch):
+    """Profile 'scaled': Redis with docker/redis.conf (durable), one SCP answering as the routed host, workers."""
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    scaled = {name for name, s in services.items() if "scaled" in s.get("profiles", [])}
+    assert scaled == {"redis", "scp", "worker"}
+    assert "profiles" not in services["mammoxai"] and "profiles" not in services["orthanc"]   # default unchanged
+    redis = services["redis"]
+    conf_mount = next(v for v in redis["volumes"] if v.startswith("./redis.conf:"))
+    assert conf_mount.split(":")[1] in redis["command"]
+    conf = (DOCKER / "redis.conf").read_text()
+    assert re.search(r"^appendonly yes$", conf, re.M) and re.search(r"^appendfsync always$", conf, re.M)
+    assert services["scp"]["command"] == ["serve", "--role", "scp"]
+    assert services["worker"]["command"] == ["serve", "--role", "worker"]
+    template = json.loads(CONFIG_TEMPLATE.read_text())
+    _, host, port = template["DicomModalities"][NODE_MODALITY]
+    assert host in services["scp"]["networks"]["default"]["aliases"]
+    assert f"{port}:{port}" in services["scp"]["ports"] and "ports" not in services["worker"]   # workers scale
+    spool = [v for v in services["mammoxai"]["volumes"] if "spool" in v]
+    assert spool and spool[0] in services["scp"]["volumes"] and spool[0] in services["worker"]["volumes"]
+    for name in ("scp", "worker"):
+        for key, value in services[name]["environment"].items():
+            monkeypatch.setenv(key, str(value))
+        settings = load_settings()
+        assert settings.node.job_store == "redis" and settings.node.broker_url.startswith("redis://redis:")
+        assert settings.node.port == int(port)
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda", "Dockerfile.orthanc"])
