@@ -31,6 +31,8 @@ and is reported apart (``cold``). The stage breakdown comes from the node's per-
     .venv/bin/python benchmarks/bench_end_to_end.py                      # fast (N=10) and full (N=3), CPU
     .venv/bin/python benchmarks/bench_end_to_end.py --profiles fast --n-fast 10
     .venv/bin/python benchmarks/bench_end_to_end.py --device cuda --n-full 10   # on a GPU machine
+    git worktree add /tmp/mammoxai-old a1c2622       # before / after: the node from an earlier commit first
+    .venv/bin/python benchmarks/bench_end_to_end.py --profiles fast --n-fast 5 --old-tree /tmp/mammoxai-old
 
 Writes ``benchmarks/results/end_to_end_<device>_<profile>.json`` per profile and
 ``benchmarks/results/end_to_end_<device>.md`` (every profile measured on that device so far), and
@@ -306,15 +308,16 @@ def profile_environment(profile: str) -> tuple[dict[str, str], str]:
             "MAMMOXAI_EXPLAINERS__PARAMS": json.dumps(fixed)}, note
 
 
-def start_node(config: Path, log_path: Path, profile: str, quality: bool) -> subprocess.Popen:
+def start_node(config: Path, log_path: Path, profile: str, quality: bool, tree: Path = REPO) -> subprocess.Popen:
+    """``mammoxai serve`` from the code tree ``tree`` (this checkout, or e.g. a worktree of an earlier commit)."""
     env = dict(os.environ)
     env.pop("MAMMOXAI_PIPELINE_FACTORY", None)
     env.update(profile_environment(profile)[0])
     env["MAMMOXAI_EXPLAINERS__QUALITY"] = "true" if quality else "false"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH", "")]))
     log = open(log_path, "ab")
     return subprocess.Popen([sys.executable, "-m", "mammoxai.cli", "--config", str(config), "serve"],
-                            stdout=log, stderr=log, env=env, cwd=REPO)
+                            stdout=log, stderr=log, env=env, cwd=tree)
 
 
 def echo(port: int) -> bool:
@@ -374,8 +377,8 @@ def job_line(log_path: Path, offset: int, job_id: int) -> tuple[dict[str, float]
 
 # -- one profile ------------------------------------------------------------------------------------
 def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_cbis: bool,
-                timeout_per_image: float, work: Path, quality: bool = True, warmup: bool = True
-                ) -> dict[str, Any]:
+                timeout_per_image: float, work: Path, quality: bool = True, warmup: bool = True,
+                tree: Path = REPO) -> dict[str, Any]:
     from mammoxai.node.queue import JobQueue
 
     work.mkdir(parents=True, exist_ok=True)
@@ -394,7 +397,7 @@ def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_
     config = write_node_config(work / "node.toml", node_port, spool, orthanc, device)
     log_path = work / "node.log"
     started = time.time()
-    node = start_node(config, log_path, profile, quality)
+    node = start_node(config, log_path, profile, quality, tree)
     watcher = ChangesWatcher(orthanc)
     watcher.start()
     records: list[dict[str, Any]] = []
@@ -453,7 +456,9 @@ def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_
         orthanc.stop()
     from mammoxai.config import PROFILE_METHODS, PROFILE_PARAMS
 
-    return {"profile": profile, "settings_note": profile_environment(profile)[1], "methods": PROFILE_METHODS[profile], "params": PROFILE_PARAMS.get(profile, {}),
+    return {"profile": profile, "code_tree": str(tree), "commit": commit_of(tree),
+            "settings_note": profile_environment(profile)[1], "methods": PROFILE_METHODS[profile],
+            "params": PROFILE_PARAMS.get(profile, {}),
             "phantom_shape": list(shape), "n_phantoms": n, "quality_scores": quality, "node_startup_s": startup_s,
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
             "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "images": records}
@@ -569,6 +574,40 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def commit_of(tree: Path) -> str:
+    """``git rev-parse --short HEAD`` of ``tree``, with "+ uncommitted changes" when its tracked files differ."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def comparison_markdown(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """Before / after: each profile's phantom medians for the old code tree and this one, stage by stage."""
+    lines = ["### Before / after through the node (same phantoms, same Orthanc set-up, one run)", ""]
+    for old, new in pairs:
+        so, sn = old["summary"], new["summary"]
+        lines += [f"Profile `{new['profile']}`: old `{old['code_tree']}` ({old['commit']}), new `{new['code_tree']}` "
+                  f"({new['commit']}); {sn['n']} phantoms each, median.", "",
+                  "| stage (s) | old | new | new / old |", "|---|---|---|---|"]
+        a, b = so["stages_median_s"], sn["stages_median_s"]
+        for k in stage_order(sorted(set(a) | set(b))):
+            lines.append(f"| {k} | " + " | ".join(f"{x[k]:.3f}" if k in x else "—" for x in (a, b))
+                         + (f" | {b[k] / a[k]:.2f} |" if k in a and k in b and a[k] else " | — |"))
+        for tag, st in (("old", a), ("new", b)):
+            model = st.get("predict", 0.0) + sum(v for k, v in st.items() if k.startswith("explain."))
+            if st.get("total"):
+                share = 100 * (1 - model / st["total"])
+                lines.append(f"| share outside predict + explain, {tag} | {share:.0f} % | | |")
+        lines += [f"| end to end, median (C-STORE response to last object in Orthanc) | {so['median_s']:.2f} | "
+                  f"{sn['median_s']:.2f} | {sn['median_s'] / so['median_s']:.2f} |", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--profiles", nargs="+", default=["fast", "full"], choices=["fast", "full"])
@@ -586,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-per-image", type=float, default=3600.0)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--old-tree", type=Path, default=None,
+                        help="also run each profile with the node from this code tree (e.g. `git worktree add "
+                             "/tmp/old COMMIT`), first, and print a before / after stage table")
     args = parser.parse_args(argv)
 
     device_tag = ("cpu" if args.device == "cpu" else "cuda") + (f"_{args.tag}" if args.tag else "")
@@ -593,16 +635,27 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mammoxai-e2e-") as tmp:
         root = args.work or Path(tmp)
+        pairs = []
         for profile in ([] if args.report_only else args.profiles):
             n = args.n_fast if profile == "fast" else args.n_full
-            result = run_profile(profile, n, tuple(args.shape), args.device, not args.no_cbis,
-                                 args.timeout_per_image, root / profile, quality=not args.no_quality,
-                                 warmup=not args.no_warmup)
-            result["machine"] = info
-            result["summary"] = summarise(result)
-            path = args.out / f"end_to_end_{device_tag}_{profile}.json"
-            path.write_text(json.dumps(result, indent=2), encoding="utf-8")
-            print(f"wrote {path}", flush=True)
+            runs = ([("old", args.old_tree.resolve())] if args.old_tree else []) + [("", REPO)]
+            done = {}
+            for tag, tree in runs:
+                result = run_profile(profile, n, tuple(args.shape), args.device, not args.no_cbis,
+                                     args.timeout_per_image, root / (profile + tag), quality=not args.no_quality,
+                                     warmup=not args.no_warmup, tree=tree)
+                result["machine"] = info
+                result["summary"] = summarise(result)
+                path = args.out / f"end_to_end_{device_tag}_{profile}{'_' + tag if tag else ''}.json"
+                path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+                print(f"wrote {path}", flush=True)
+                done[tag] = result
+            if "old" in done:
+                pairs.append((done["old"], done[""]))
+        if pairs:
+            comparison = comparison_markdown(pairs)
+            (args.out / f"end_to_end_{device_tag}_before_after.md").write_text(comparison, encoding="utf-8")
+            print(comparison, flush=True)
     results = []
     for profile in ("fast", "full"):
         path = args.out / f"end_to_end_{device_tag}_{profile}.json"

@@ -59,6 +59,7 @@ from mammoxai.models._torchvision_compat import ensure_torchvision_importable  #
 ensure_torchvision_importable()
 
 from mammoxai import explainers as xai  # noqa: E402
+from mammoxai.models.random_init import live_branches  # noqa: E402,F401  (bench_stability imports it from here)
 
 #: Sample counts of ``--quick`` (a reduced run that fits 2 CPU cores).
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
@@ -79,11 +80,14 @@ def sync(device: torch.device) -> None:
 
 
 class PassCounter:
-    """Counts images through ``model.forward`` and gradients arriving at its output (backward passes)."""
+    """Counts images through ``model.forward`` and gradients arriving at its output (backward passes), and
+    records each call: ``calls`` holds ``[batch size, images backpropagated]`` per forward call, which
+    :func:`replay` turns into the same model work without the method around it."""
 
     def __init__(self, model: nn.Module) -> None:
         self.forward_images = 0
         self.backward_images = 0
+        self.calls: list[list[int]] = []
         self._handle = model.register_forward_hook(self._hook)
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -92,14 +96,40 @@ class PassCounter:
         if out is None or out.ndim == 0:
             return
         self.forward_images += out.shape[0]
+        call = [int(out.shape[0]), 0]
+        self.calls.append(call)
         if out.requires_grad:
-            out.register_hook(self._count_backward)
+            out.register_hook(lambda grad, _call=call: self._count_backward(grad, _call))
 
-    def _count_backward(self, grad: torch.Tensor) -> None:
+    def _count_backward(self, grad: torch.Tensor, call: list[int]) -> None:
         self.backward_images += grad.shape[0]
+        call[1] += grad.shape[0]
 
     def close(self) -> None:
         self._handle.remove()
+
+
+def replay(model: nn.Module, x: torch.Tensor, calls: list[list[int]], device: torch.device,
+           autocast: str) -> Callable[[], None]:
+    """The model work of a method and nothing else: for each recorded ``[batch, backpropagated]`` call, one
+    forward of ``batch`` copies of the input (under ``no_grad`` when nothing was backpropagated), else a
+    forward and a backward to the input, as :func:`~mammoxai.explainers.gradients.input_gradient` does.
+    Its time is the method's limit at the batch sizes the method really uses."""
+    inputs = {bs: x[:1].expand(bs, *x.shape[1:]).contiguous() for bs, _ in calls}
+
+    def run() -> None:
+        for bs, backward in calls:
+            xb = inputs[bs]
+            if backward == 0:
+                with torch.no_grad(), autocast_ctx(device, autocast):
+                    model(xb)
+                continue
+            xi = xb.detach().requires_grad_(True)
+            with autocast_ctx(device, autocast):
+                logits = model(xi)
+            torch.autograd.grad(logits[:, 0].sum(), xi)
+
+    return run
 
 
 def _rss_bytes() -> int:
@@ -182,15 +212,44 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1,
     """
     best, result = math.inf, None
     calls = 0
+    now = CLOCKS[CLOCK]
     while calls < repeats or (best < short_s and calls < max(repeats, short_repeats)):
         calls += 1
         sync(device)
-        start = time.perf_counter()
+        start = now()
         result = fn()
         sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, now() - start)
     timed.calls = calls  # type: ignore[attr-defined]  # how many calls the last timing made
     return best, result
+
+
+#: ``--clock``: wall time, or this process's CPU time (CPU only; with ``--threads 1`` it is the work done,
+#: nearly blind to other processes sharing the cores, where wall time is not).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+#: the clock of :func:`timed` (``--clock``)
+CLOCK = "wall"
+
+
+def timed_rounds(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+                 short_s: float = 1.0, short_repeats: int = 10, clock: str = "wall") -> dict[str, float]:
+    """Best time of each of ``fns`` by ``clock``, timed in interleaved rounds (one call of each per round), so
+    that load from other processes on a shared machine hits all of them alike. ``repeats`` rounds, up to
+    ``short_repeats`` while the slowest best time is under ``short_s``."""
+    now = CLOCKS[clock]
+    best = {name: math.inf for name in fns}
+    rounds = 0
+    while rounds < repeats or (max(best.values()) < short_s and rounds < max(repeats, short_repeats)):
+        rounds += 1
+        for name, fn in fns.items():
+            sync(device)
+            start = now()
+            fn()
+            sync(device)
+            best[name] = min(best[name], now() - start)
+    return best
 
 
 def autocast_ctx(device: torch.device, mode: str):
@@ -488,24 +547,6 @@ def _zennit_runner(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
 
 # ----------------------------------------------------------------------------------- the benchmark
 
-def live_branches(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Random BatchNorm statistics/affine parameters and ConvNeXt layer scales, so that every residual branch
-    of a randomly initialised timm model is live (timm zero-initialises the last BN of a branch)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                module.bias.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
-            gamma = getattr(module, "gamma", None)
-            if isinstance(gamma, torch.Tensor) and gamma.ndim == 1:
-                gamma.copy_(torch.rand(gamma.numel(), generator=gen) * 0.5 + 0.5)
-    return model
-
-
 def build_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, torch.Tensor, str, dict]:
     """The model and one preprocessed phantom input: the demo checkpoint (or ``--checkpoint``), else a
     random ``--architecture`` at ``--input-size``."""
@@ -562,11 +603,10 @@ def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
     record: dict[str, Any] = {"method": method, "parameters": {k: v for k, v in explainer.params.items()
                                                                  if not isinstance(v, (list, tuple))}}
     try:
-        ours_map = explainer.explain(model, x, target).heatmap   # warm-up, as the references get; kept for r
         counter = PassCounter(model)
         try:
             with PeakMemory(device) if device.type == "cuda" else contextlib.nullcontext() as mem:
-                seconds, _ = timed(lambda: explainer.explain(model, x, target), device, args.repeats)
+                ours_map = explainer.explain(model, x, target).heatmap   # warm-up, as the references get; for r
         finally:
             counter.close()
     except xai.ExplainerNotApplicable as exc:
@@ -577,40 +617,71 @@ def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
         if args.debug:
             traceback.print_exc()
         return record
-    runs = timed.calls  # type: ignore[attr-defined]
-    fwd, bwd = counter.forward_images / runs, counter.backward_images / runs
+    fwd, bwd, calls = counter.forward_images, counter.backward_images, counter.calls
     passes_assumed = fwd == 0 and bwd == 0 and method in ASSUMED_PASSES
     if passes_assumed:
         fwd, bwd = (v * x.shape[0] for v in ASSUMED_PASSES[method])
-    limit = fwd * costs["t_fwd"] + bwd * costs["t_bwd"]
-    record.update(seconds=seconds, seconds_per_image=seconds / x.shape[0], forward_images=fwd, backward_images=bwd,
-                  passes_assumed=passes_assumed, limit_seconds=limit,
-                  limit_ratio=seconds / limit if limit > 0 else None)
-    if mem is not None:
-        record["memory"] = {"input": {"increase_mb": mem.peak_mb}}
+        calls = [[x.shape[0], x.shape[0] if bwd else 0]]
+    fns: dict[str, Callable[[], Any]] = {"ours": lambda: explainer.explain(model, x, target),
+                                         "model": replay(model, x, calls, device, args.autocast)}
+    refs: list[tuple[str, Callable[[], Any]]] = []
+    ref_entries: list[dict[str, Any]] = []
     if not args.no_references:
-        record["references"] = []
         try:
             refs = references(method, model, x, target, explainer)
         except Exception as exc:  # noqa: BLE001
-            refs = []
-            record["references"].append({"library": "?", "error": f"{type(exc).__name__}: {exc}"})
-        n_ref_images = 1 if method in ("lime", "kernel_shap") else x.shape[0]
+            ref_entries.append({"library": "?", "error": f"{type(exc).__name__}: {exc}"})
+    if args.before:
+        refs.append(("mammoxai before", _before_runner(method, params, model, x, target, args.before)))
+    n_ref_images = 1 if method in ("lime", "kernel_shap") else x.shape[0]
+    for library, run in refs:
+        entry: dict[str, Any] = {"library": library}
+        try:
+            with autocast_ctx(device, args.autocast):
+                entry["r"] = reference_r(method, ours_map[:n_ref_images], run())  # warm-up: caches, hooks
+            fns[library] = lambda run=run: _with_autocast(run, device, args.autocast)
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if args.debug:
+                traceback.print_exc()
+        ref_entries.append(entry)
+    best = timed_rounds(fns, device, args.repeats, clock=args.clock)
+    seconds = best["ours"]
+    limit = fwd * costs["t_fwd"] + bwd * costs["t_bwd"]
+    record.update(seconds=seconds, seconds_per_image=seconds / x.shape[0], forward_images=fwd, backward_images=bwd,
+                  passes_assumed=passes_assumed, limit_seconds=limit,
+                  limit_ratio=seconds / limit if limit > 0 else None,
+                  model_calls=calls, model_seconds=best["model"],
+                  model_ratio=seconds / best["model"] if best["model"] > 0 else None)
+    if mem is not None:
+        record["memory"] = {"input": {"increase_mb": mem.peak_mb}}
+    if not args.no_references:
         ours = seconds if n_ref_images == x.shape[0] else seconds / x.shape[0]
-        for library, run in refs:
-            entry: dict[str, Any] = {"library": library}
-            try:
-                with autocast_ctx(device, args.autocast):
-                    ref_out = run()          # warm-up: library-side caches, hooks
-                    t_ref, _ = timed(run, device, args.repeats)
-                entry.update(seconds=t_ref, images=n_ref_images, ours_seconds=ours, ratio=ours / t_ref,
-                             r=reference_r(method, ours_map[:n_ref_images], ref_out))
-            except Exception as exc:  # noqa: BLE001
-                entry["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                if args.debug:
-                    traceback.print_exc()
-            record["references"].append(entry)
+        for entry in ref_entries:
+            if "error" not in entry and entry["library"] in best:
+                t_ref = best[entry["library"]]
+                entry.update(seconds=t_ref, images=n_ref_images, ours_seconds=ours, ratio=ours / t_ref)
+        record["references"] = ref_entries
     return record
+
+
+def _before_runner(method: str, params: dict[str, Any], model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                   folder: Path) -> Callable[[], Any]:
+    """Another version of mammoxai's explainers as one more reference ("mammoxai before"): ``folder`` holds a
+    copy of the package renamed ``mammoxai_before`` (e.g. ``git archive HEAD mammoxai`` unpacked and renamed;
+    the explainers import each other relatively), so before and after are timed in the same rounds."""
+    import importlib
+
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    before = importlib.import_module("mammoxai_before.explainers")
+    explainer = before.create(method, **params)          # one instance, reused as ours is
+    return lambda: explainer.explain(model, x, target).heatmap
+
+
+def _with_autocast(run: Callable[[], Any], device: torch.device, mode: str) -> Any:
+    with autocast_ctx(device, mode):
+        return run()
 
 
 def probe_params(method: str, args: argparse.Namespace, extra: dict[str, dict[str, Any]], cap: int) -> dict[str, Any]:
@@ -674,12 +745,27 @@ def memory_at(method: str, model: nn.Module, x1: torch.Tensor, size: int, device
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _calls_text(calls: list[list[int]]) -> str:
+    """``[[16, 0], [16, 0], [1, 1]]`` -> ``16×2, 1×1+bwd``: the model calls a method made, run-length coded."""
+    parts: list[str] = []
+    for (bs, back) in calls:
+        key = f"{bs}" + ("" if back == 0 else "+bwd")
+        if parts and parts[-1].split("×")[0] == key.split("+")[0] and parts[-1].endswith("+bwd") == bool(back):
+            head, n = parts[-1].rsplit("×", 1)
+            n_val = int(n.split("+")[0])
+            parts[-1] = f"{bs}×{n_val + 1}" + ("+bwd" if back else "")
+        else:
+            parts.append(f"{bs}×1" + ("+bwd" if back else ""))
+    return ", ".join(parts) if parts else "–"
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"# Explainer benchmark — {result['model']} at {result['input_size']}, {result['images']} image(s)", "",
              f"Machine: {m['device_name']} ({m['device']}), {m['cpu']} ({m['cpu_count']} CPUs visible, "
              f"torch threads {m['torch_threads']}), torch {m['torch']}, autocast {result['autocast']}.",
              f"Command: `{result['command']}`", "",
+             f"Clock: {result.get('clock', 'wall')} time (best of interleaved rounds).", "",
              f"Model: best forward {result['costs']['t_fwd'] * 1e3:.2f} ms/image, "
              f"backward {result['costs']['t_bwd'] * 1e3:.2f} ms/image "
              f"(per-batch-size: {', '.join(f'b{k}: {v * 1e3:.1f}' for k, v in result['costs']['forward'].items())}"
@@ -702,16 +788,23 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {r['method']} | {params} | {ref['ours_seconds']:.3f} | {ref['library']} | "
                              f"{ref['seconds']:.3f} | {ref['ratio']:.2f} | {corr} |")
     lines += ["", "## Against the model's limit", "",
-              "| method | s / image | forward images | backward images | limit (s) | time / limit |",
-              "|---|---|---|---|---|---|"]
+              "limit = forward images × best per-image forward + backward images × best per-image backward (the "
+              "best over batch sizes); model = the same forward/backward calls at the batch sizes the method "
+              "used, replayed on the bare model and timed in the same rounds as ours (`replay`).", "",
+              "| method | s / image | forward images | backward images | calls (batch×n, +bwd) | limit (s) | "
+              "time / limit | model, same batches (s) | time / model |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["methods"]:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['error'][:80]} | | | | |")
             continue
         ratio = f"{r['limit_ratio']:.2f}" if r["limit_ratio"] is not None else "–"
         star = "*" if r.get("passes_assumed") else ""
+        model_ratio = f"{r['model_ratio']:.2f}" if r.get("model_ratio") is not None else "–"
         lines.append(f"| {r['method']} | {r['seconds_per_image']:.3f} | {r['forward_images']:.0f}{star} | "
-                     f"{r['backward_images']:.0f}{star} | {r['limit_seconds']:.3f} | {ratio} |")
+                     f"{r['backward_images']:.0f}{star} | {_calls_text(r.get('model_calls', []))} | "
+                     f"{r['limit_seconds']:.3f} | {ratio} | {r.get('model_seconds', float('nan')):.3f} | "
+                     f"{model_ratio} |")
     if any(r.get("passes_assumed") for r in result["methods"]):
         lines += ["", "\\* runs on a copy of the model that the pass counter cannot see: one forward and one "
                       "backward per image assumed."]
@@ -774,6 +867,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch sizes for the model's best per-image time (default: 1 4 16 [64 on CUDA])")
     p.add_argument("--no-memory", action="store_true", help="skip the memory table")
     p.add_argument("--probe-timeout", type=int, default=300, help="seconds per CPU memory probe")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="time ours, the model replay and the references by wall time or by this process's CPU "
+                        "time (cpu: for a shared CPU machine, with --threads 1)")
+    p.add_argument("--before", type=Path, default=None,
+                   help="folder holding another version of the package as mammoxai_before: timed as a reference")
     p.add_argument("--debug", action="store_true")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--probe-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -783,11 +881,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global CLOCK
+    CLOCK = args.clock
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.probe:
         return memory_probe(args)
+    if args.clock == "cpu" and device.type != "cpu":
+        print("bench_explainers: --clock cpu measures CPU time: use it with --device cpu", file=sys.stderr)
+        return 2
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_explainers: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
@@ -811,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(argv),
         "model": desc, "metadata": meta, "input_size": list(x.shape[1:]), "images": args.images,
-        "autocast": args.autocast, "batch_size": args.batch_size, "quick": args.quick,
+        "autocast": args.autocast, "batch_size": args.batch_size, "quick": args.quick, "clock": args.clock,
         "memory_sizes": args.memory_sizes, "memory_samples": args.memory_samples, "no_memory": args.no_memory,
         "machine": {"device": str(device), "device_name": torch.cuda.get_device_name(device)
                     if device.type == "cuda" else "CPU", "cpu": platform.processor() or platform.machine(),

@@ -35,7 +35,7 @@ from .dicom_io.limits import DecodeLimits
 from .dicom_io.results import DomainCheck, ImageResult, MethodMap
 from .errors import MammoxaiError
 from .explainers import Explainer, Explanation, create, explainer_class, method_record, run_explainers
-from .explainers.quality import explanation_not_informative, map_figures, score_explanation
+from .explainers.quality import explanation_not_informative, map_figures, score_explanation, score_explanations
 from .explainers.sanity import entry_verdict, measurement_for, recorded_parameters, sanity_verdicts
 from .models import Classifier, Geometry, load_classifier
 from .models.domain import DomainRecord, acquisition_facts, penultimate
@@ -319,6 +319,15 @@ class Pipeline:
             return {}
         options = self.settings.explainers
         by_name = {e.name: e for e in self.explainers if self._gets_sensitivity(e)}
+        explainers = by_name if options.sensitivity_samples else {}
+        try:   # every map's deletion / insertion steps in shared forward passes
+            return score_explanations(
+                self.classifier.module, batch, explanations, explainers=explainers, steps=options.quality_steps,
+                baseline=options.quality_baseline, batch_size=options.batch_size,
+                sensitivity_samples=max(options.sensitivity_samples, 1))
+        except Exception as exc:  # noqa: BLE001 - then one by one: a failure costs only that map's scores
+            log.warning("quality scores of the maps together failed (%s: %s); scoring them one by one",
+                        type(exc).__name__, exc)
         scores: dict[str, list[dict[str, float]]] = {}
         for name, explanation in explanations.items():
             try:

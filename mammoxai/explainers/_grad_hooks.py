@@ -1,12 +1,16 @@
-"""Modified backward passes through activation (and max-pool) modules, installed by forward hooks.
+"""Modified backward passes through activation (and max-pool) modules.
 
 Used by Guided Backprop, DeconvNet, DeepLIFT (rescale) and Guided Grad-CAM.
 :func:`modified_backward` temporarily turns off ``inplace`` on every module that
-has it (timm builds ``nn.ReLU(inplace=True)``), and registers a forward hook on
-each activation module that re-routes its output through :class:`_ActFn`, whose
-backward applies the rule. Everything is restored on exit, also on error.
-Activations applied as functions (``F.relu`` inside a ``forward``) are not seen;
-timm models build activations as modules.
+has it (timm builds ``nn.ReLU(inplace=True)``). For the ``guided``, ``deconv`` and
+``switch`` rules it replaces each activation module's ``forward`` by one that
+computes the activation inside an autograd function whose backward applies the
+rule (:class:`_ReLUFn`: one saved tensor, one or two kernels); for ``deeplift`` it
+registers a forward hook on each activation that computes the rescale multipliers
+once, in the forward pass, and re-routes the output (as a view, no copy) through
+:class:`_ActFn`, whose backward is one product. Everything is restored on exit,
+also on error. Activations applied as functions (``F.relu`` inside a ``forward``)
+are not seen; timm models build activations as modules.
 
 Rules (``g`` = gradient arriving at the activation output, ``x`` = its input):
 
@@ -83,33 +87,86 @@ def _local_grad(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch
     return out
 
 
-class _ActFn(torch.autograd.Function):
+def _rule_now(rule: str, state: SwitchState) -> str:
+    if rule == "switch":
+        return "guided" if state.guided else "plain"
+    return rule
+
+
+def _silu_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``silu'(x) · grad`` in closed form: ``σ(x)·(1 + x·(1 − σ(x)))``."""
+    s = torch.sigmoid(x)
+    return grad * (s * (1 + x * (1 - s)))
+
+
+class _ReLUFn(torch.autograd.Function):
+    """ReLU computed here (the module's own forward is bypassed), with the rule's backward in one or two
+    kernels; saves only the output (its sign is the mask)."""
+
     @staticmethod
-    def forward(ctx, x, y, module, rule, state):  # type: ignore[override]
-        ctx.module, ctx.rule, ctx.state = module, rule, state
-        ctx.save_for_backward(x, y)
-        return y.clone()
+    def forward(ctx, x, rule, state):  # type: ignore[override]
+        y = torch.relu(x)
+        ctx.rule, ctx.state = rule, state
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, y = ctx.saved_tensors
-        rule = ctx.rule
-        if rule == "switch":
-            rule = "guided" if ctx.state.guided else "plain"
-        if rule == "plain":
-            out = _local_grad(ctx.module, x, grad)
-        elif rule == "guided":
-            out = _local_grad(ctx.module, x, grad.clamp(min=0))
-        elif rule == "deconv":
-            out = grad.clamp(min=0)
-        else:  # deeplift rescale
-            xa, xb = x.chunk(2)
-            ya, yb = y.chunk(2)
-            delta_in = torch.cat([xa - xb] * 2)
-            delta_out = torch.cat([ya - yb] * 2)
-            plain = _local_grad(ctx.module, x, grad)
-            out = torch.where(delta_in.abs() < _EPS, plain, grad * delta_out / delta_in)
-        return out, None, None, None, None
+        (y,) = ctx.saved_tensors
+        rule = _rule_now(ctx.rule, ctx.state)
+        if rule == "deconv":
+            return grad.clamp(min=0), None, None
+        if rule == "guided":
+            grad = grad.clamp(min=0)
+        return torch.ops.aten.threshold_backward(grad, y, 0), None, None
+
+
+class _SmoothActFn(torch.autograd.Function):
+    """Any other activation, computed by its module's class ``forward`` (the module's own call is bypassed),
+    with the rule's backward; its local derivative by autograd on a recomputation (SiLU: closed form)."""
+
+    @staticmethod
+    def forward(ctx, x, module, rule, state):  # type: ignore[override]
+        ctx.module, ctx.rule, ctx.state = module, rule, state
+        ctx.save_for_backward(x)
+        return type(module).forward(module, x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        rule = _rule_now(ctx.rule, ctx.state)
+        if rule == "deconv":
+            return grad.clamp(min=0), None, None, None
+        if rule == "guided":
+            grad = grad.clamp(min=0)
+        if type(ctx.module).__name__ in ("SiLU", "Swish"):
+            return _silu_grad(x, grad), None, None, None
+        return _local_grad(ctx.module, x, grad), None, None, None
+
+
+class _ActFn(torch.autograd.Function):
+    """DeepLIFT rescale rule on ``cat([input, baseline])``: the multipliers are computed once, in the forward
+    pass (from the module's input ``x`` and output ``y``), so the backward is one product."""
+
+    @staticmethod
+    def forward(ctx, x, y, module):  # type: ignore[override]
+        xa, xb = x.chunk(2)
+        ya, yb = y.chunk(2)
+        delta_in = xa - xb
+        delta_out = ya - yb
+        small = delta_in.abs() < _EPS
+        ratio = delta_out / torch.where(small, torch.ones_like(delta_in), delta_in)
+        ones = torch.ones_like(x)
+        plain = _local_grad(module, x, ones)
+        pa, pb = plain.chunk(2)
+        multiplier = torch.cat([torch.where(small, pa, ratio), torch.where(small, pb, ratio)])
+        ctx.save_for_backward(multiplier)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (multiplier,) = ctx.saved_tensors
+        return grad * multiplier, None, None
 
 
 def _halves_mean(t: torch.Tensor) -> torch.Tensor:
@@ -132,7 +189,7 @@ class _LayerNormFn(torch.autograd.Function):
     def forward(ctx, x, y, module):  # type: ignore[override]
         ctx.module = module
         ctx.save_for_backward(x)
-        return y.clone()
+        return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -178,7 +235,7 @@ class _MaxPoolFn(torch.autograd.Function):
     def forward(ctx, x, y, module):  # type: ignore[override]
         ctx.module = module
         ctx.save_for_backward(x)
-        return y.clone()
+        return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -210,7 +267,7 @@ class _ProductFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, y):  # type: ignore[override]
         ctx.save_for_backward(x, b)
-        return y.clone()
+        return y.clone()  # a copy: residual blocks may add to an SE output in place (x += shortcut)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -260,16 +317,21 @@ def modified_backward(model: nn.Module, rule: str, state: SwitchState | None = N
     state = state or SwitchState()
     inplace_modules = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     handles = []
+    replaced: list[tuple[nn.Module, object]] = []
     try:
         for module in inplace_modules:
             module.inplace = False
         count = 0
         extra = DEEPLIFT_EXTRA_ACTIVATIONS if rule == "deeplift" else frozenset()
         for module in model.modules():
-            if is_activation(module) or type(module).__name__ in extra:
-                def act_hook(mod, inputs, output, _rule=rule):
-                    return _ActFn.apply(inputs[0], output, mod, _rule, state)
+            if rule == "deeplift" and (is_activation(module) or type(module).__name__ in extra):
+                def act_hook(mod, inputs, output):
+                    return _ActFn.apply(inputs[0], output, mod)
                 handles.append(module.register_forward_hook(act_hook))
+                count += 1
+            elif rule != "deeplift" and is_activation(module):
+                replaced.append((module, module.__dict__.get("forward", _NO_FORWARD)))
+                module.forward = _rule_forward(module, rule, state)  # type: ignore[method-assign]
                 count += 1
         if rule == "deeplift":  # registered after the activation hooks: a gate's output is captured as rerouted
             handles.extend(_deeplift_hooks(model))
@@ -277,5 +339,28 @@ def modified_backward(model: nn.Module, rule: str, state: SwitchState | None = N
     finally:
         for handle in handles:
             handle.remove()
+        for module, previous in replaced:
+            if previous is _NO_FORWARD:
+                del module.forward
+            else:
+                module.forward = previous  # type: ignore[method-assign]
         for module in inplace_modules:
             module.inplace = True
+
+
+_NO_FORWARD = object()
+
+
+def _rule_forward(module: nn.Module, rule: str, state: SwitchState):
+    """A replacement ``forward`` for activation ``module`` whose backward follows ``rule``.
+
+    Replacing the forward (rather than re-routing the output of the module's own forward through a hook)
+    computes the activation once and keeps one tensor for the backward; the module's hooks still run.
+    """
+    if type(module) is nn.ReLU:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return _ReLUFn.apply(x, rule, state)
+    else:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return _SmoothActFn.apply(x, module, rule, state)
+    return forward

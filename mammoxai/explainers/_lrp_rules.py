@@ -30,7 +30,7 @@ _GUARD = threading.local()
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = 1``."""
-    return z + epsilon * ((z == 0).to(z.dtype) + z.sign())
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 def _call(module: nn.Module, params: dict[str, torch.Tensor], a: torch.Tensor) -> torch.Tensor:
@@ -107,14 +107,20 @@ class Rule:
 
 
 class _RelevanceFn(torch.autograd.Function):
+    """Re-routes a module's output so that its backward is the rule's relevance (the output is returned as a
+    view: no copy; the ``pass`` rule keeps no tensor)."""
+
     @staticmethod
     def forward(ctx, a, output, module, rule):  # type: ignore[override]
         ctx.module, ctx.rule = module, rule
-        ctx.save_for_backward(a)
-        return output.clone()
+        if rule.kind != "pass":
+            ctx.save_for_backward(a)
+        return output.view_as(output)
 
     @staticmethod
     def backward(ctx, r_out):  # type: ignore[override]
+        if ctx.rule.kind == "pass":
+            return r_out, None, None, None
         (a,) = ctx.saved_tensors
         return ctx.rule.relevance(ctx.module, a, r_out), None, None, None
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -158,61 +158,93 @@ def perturbation_curves(model: nn.Module, batch: torch.Tensor, heatmap: torch.Te
     baseline. Perturbed inputs are built on the model's device and run
     ``batch_size`` at a time; the unperturbed input and the baseline are run
     once and shared by both curves (``2·(steps−1)+2`` forward passes per image).
+    One map of :func:`perturbation_curves_many`.
+    """
+    return perturbation_curves_many(model, batch, [heatmap], [target], steps=steps, baseline=baseline,
+                                    blur_sigma=blur_sigma, batch_size=batch_size)[0]
+
+
+def perturbation_curves_many(model: nn.Module, batch: torch.Tensor, heatmaps: Sequence[torch.Tensor],
+                             targets: Sequence[int | torch.Tensor], *, steps: int = 20,
+                             baseline: Baseline = "blur", blur_sigma: float = 0.04, batch_size: int = 16
+                             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`perturbation_curves` of several maps of the same ``batch`` (e.g. every method's), in shared passes.
+
+    ``heatmaps[m]`` (``N×H×W``) is explained for ``targets[m]``; returns one ``(deletion, insertion)``
+    pair per map, each as :func:`perturbation_curves` defines it. The unperturbed input and the
+    baseline are the same for every map, so they run once per image for all of them; every map's
+    perturbed inputs then go through the model together, ``batch_size`` at a time
+    (``2 + M·2·(steps−1)`` forward passes per image for ``M`` maps instead of ``M·(2·(steps−1)+2)``).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_heatmap(batch, heatmap)
+    if len(heatmaps) != len(targets):
+        raise ValueError(f"{len(heatmaps)} heatmaps but {len(targets)} targets")
+    if not heatmaps:
+        return []
+    for heatmap in heatmaps:
+        _check_heatmap(batch, heatmap)
     ref = _model_ref(model)
     x = batch.to(device=ref.device, dtype=ref.dtype)
     n, _, h, w = x.shape
     n_pixels = h * w
-    target_t = _targets(target, n, ref.device)
-    rank = _relevance_rank(heatmap.to(ref.device, torch.float32))
+    target_t = torch.stack([_targets(t, n, ref.device) for t in targets])                  # (M, N)
+    rank = torch.stack([_relevance_rank(hm.to(ref.device, torch.float32)) for hm in heatmaps])  # (M, N, H·W)
     base = make_baseline(x, baseline, blur_sigma=blur_sigma)
     per_step = math.ceil(n_pixels / steps)
     thresholds = [min(k * per_step, n_pixels) for k in range(steps + 1)]
 
-    # jobs: (image, insert?, k). Deletion k=0 is the input and deletion k=steps the baseline: they are
-    # insertion's k=steps and k=0, so they run once. Steps sharing a threshold (steps > H·W) run once.
+    # jobs: (map, image, insert?, k). Deletion k=0 is the input and deletion k=steps the baseline: they are
+    # insertion's k=steps and k=0 and the same for every map, so they run once per image (as map 0's).
+    # Steps sharing a threshold (steps > H·W) run once.
     distinct = [k for k in range(1, steps) if thresholds.index(thresholds[k]) == k]
-    jobs: list[tuple[int, bool, int]] = []
+    jobs: list[tuple[int, int, bool, int]] = []
     for i in range(n):
-        jobs += [(i, False, 0), (i, False, steps)]
-        for k in distinct:
-            jobs += [(i, False, k), (i, True, k)]
-    probs = torch.empty(len(jobs), device=ref.device, dtype=torch.float32)
+        jobs += [(0, i, False, 0), (0, i, False, steps)]
+    for m in range(len(heatmaps)):
+        for i in range(n):
+            for k in distinct:
+                jobs += [(m, i, False, k), (m, i, True, k)]
+    rows = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start:start + batch_size]
-                img = torch.tensor([j[0] for j in chunk], device=ref.device)
-                ins = torch.tensor([j[1] for j in chunk], device=ref.device)
-                thr = torch.tensor([thresholds[j[2]] for j in chunk], device=ref.device)
-                selected = rank[img] < thr[:, None]                      # the most relevant pixels
+                mth = torch.tensor([j[0] for j in chunk], device=ref.device)
+                img = torch.tensor([j[1] for j in chunk], device=ref.device)
+                ins = torch.tensor([j[2] for j in chunk], device=ref.device)
+                thr = torch.tensor([thresholds[j[3]] for j in chunk], device=ref.device)
+                selected = rank[mth, img] < thr[:, None]                  # the most relevant pixels
                 keep_input = (selected == ins[:, None]).view(-1, 1, h, w)
                 xs = torch.where(keep_input, x[img], base[img])
-                logits = model(xs).float()
-                probs[start:start + len(chunk)] = logits.softmax(dim=1).gather(1, target_t[img][:, None])[:, 0]
+                rows.append(model(xs).float().softmax(dim=1))
     finally:
         model.train(was_training)
+    probs = torch.cat(rows)                                                 # (jobs, classes)
 
-    deletion = torch.empty(n, steps + 1, device=ref.device)
-    insertion = torch.empty(n, steps + 1, device=ref.device)
-    for idx, (i, inserted, k) in enumerate(jobs):
-        if not inserted and k in (0, steps):
-            deletion[i, k] = insertion[i, steps - k] = probs[idx]
+    curves = []
+    for m in range(len(heatmaps)):
+        deletion = torch.empty(n, steps + 1, device=ref.device)
+        insertion = torch.empty(n, steps + 1, device=ref.device)
+        curves.append((deletion, insertion))
+    for idx, (m, i, inserted, k) in enumerate(jobs):
+        if not inserted and k in (0, steps):                                # shared by every map
+            for mm, (deletion, insertion) in enumerate(curves):
+                deletion[i, k] = insertion[i, steps - k] = probs[idx, target_t[mm, i]]
         else:
-            (insertion if inserted else deletion)[i, k] = probs[idx]
-    for k in range(1, steps):
-        k0 = thresholds.index(thresholds[k])
-        if k0 != k:
-            deletion[:, k] = deletion[:, k0]
-            insertion[:, k] = insertion[:, k0]
-    return deletion, insertion
+            deletion, insertion = curves[m]
+            (insertion if inserted else deletion)[i, k] = probs[idx, target_t[m, i]]
+    for deletion, insertion in curves:
+        for k in range(1, steps):
+            k0 = thresholds.index(thresholds[k])
+            if k0 != k:
+                deletion[:, k] = deletion[:, k0]
+                insertion[:, k] = insertion[:, k0]
+    return curves
 
 
 def curve_auc(curve: torch.Tensor, *, n_pixels: int | None = None) -> torch.Tensor:
@@ -294,6 +326,23 @@ def relevance_mass(heatmap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # --- robustness ------------------------------------------------------------------------------
 
+#: Parameters of sampled explainers: their draws come from one seeded generator for the whole batch,
+#: so an image's map depends on what else is in the batch (see :func:`batch_independent`).
+_SAMPLED_PARAMETERS = frozenset({"samples", "n_masks", "n_samples", "stability_target"})
+
+
+def batch_independent(explainer: Explainer) -> bool:
+    """Whether ``explainer`` maps each image of a batch as it would alone (up to float rounding).
+
+    True for the deterministic families (CAM, gradients without sampling, LRP, attention); False
+    for sampled methods (seeded draws shared by the batch: SmoothGrad family, RISE, LIME, Kernel
+    SHAP, occlusion's adaptive variants) and attacks, whose results depend on the batch's composition.
+    """
+    if explainer.family in ("perturbation", "robustness"):
+        return False
+    return not (_SAMPLED_PARAMETERS & set(explainer.params))
+
+
 def max_sensitivity(explainer: Explainer, model: nn.Module, batch: torch.Tensor, target: int | torch.Tensor,
                     *, samples: int = 3, radius: float = 0.02, reference: torch.Tensor | None = None,
                     seed: int = 0) -> torch.Tensor:
@@ -304,6 +353,10 @@ def max_sensitivity(explainer: Explainer, model: nn.Module, batch: torch.Tensor,
     CPU generator seeded with ``seed`` so results do not depend on the device),
     with ``target`` held fixed. ``reference`` is the map of the clean input
     (computed when not given). NaN where the reference map is all zero.
+    When the explainer is :func:`batch_independent`, the ``samples`` noisy copies
+    go through it as one batch (one call, same noise, same maps up to rounding);
+    otherwise one call per copy, each starting from the explainer's seed as the
+    reference map did.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -320,11 +373,18 @@ def max_sensitivity(explainer: Explainer, model: nn.Module, batch: torch.Tensor,
     ref_norm = ref.norm(dim=1)
     span = (batch.amax(dim=(1, 2, 3)) - batch.amin(dim=(1, 2, 3))).to("cpu", torch.float32)
     gen = torch.Generator().manual_seed(seed)
-    worst = torch.zeros(n, dtype=torch.float64)
+    noisy = []
     for _ in range(samples):
         noise = (torch.rand(batch.shape, generator=gen) * 2 - 1) * (radius * span).view(-1, 1, 1, 1)
-        noisy = batch + noise.to(batch.device, batch.dtype)
-        other = explainer.explain(model, noisy, target_t).heatmap.to("cpu", torch.float64).reshape(n, -1)
+        noisy.append(batch + noise.to(batch.device, batch.dtype))
+    if batch_independent(explainer):
+        maps = explainer.explain(model, torch.cat(noisy), target_t.repeat(samples)).heatmap
+        others = list(maps.reshape(samples, n, *maps.shape[1:]))
+    else:
+        others = [explainer.explain(model, copy, target_t).heatmap for copy in noisy]
+    worst = torch.zeros(n, dtype=torch.float64)
+    for other in others:
+        other = other.to("cpu", torch.float64).reshape(n, -1)
         worst = torch.maximum(worst, (other - ref).norm(dim=1) / ref_norm)
     worst = torch.where(ref_norm > 0, worst, torch.full_like(worst, float("nan")))
     return worst.float()
@@ -344,41 +404,73 @@ def compute_quality(model: nn.Module, batch: torch.Tensor, explanation: Explanat
     (the object that made ``explanation``) enables max-sensitivity, which
     re-runs it ``sensitivity_samples`` times (0 disables it); if a re-run
     fails, max-sensitivity is left out (logged) and the other scores stand.
+    One map of :func:`compute_quality_many`.
     """
-    heatmap = explanation.heatmap
-    _check_heatmap(batch, heatmap)
+    name = explanation.method
+    return compute_quality_many(model, batch, {name: explanation}, mask=mask,
+                                explainers={name: explainer} if explainer is not None else None, steps=steps,
+                                baseline=baseline, blur_sigma=blur_sigma, batch_size=batch_size,
+                                sensitivity_samples=sensitivity_samples,
+                                sensitivity_radius=sensitivity_radius)[name]
+
+
+def compute_quality_many(model: nn.Module, batch: torch.Tensor, explanations: Mapping[str, Explanation], *,
+                         mask: torch.Tensor | None = None, explainers: Mapping[str, Explainer] | None = None,
+                         steps: int = 20, baseline: Baseline = "blur", blur_sigma: float = 0.04,
+                         batch_size: int = 16, sensitivity_samples: int = 3,
+                         sensitivity_radius: float = 0.02) -> dict[str, list[QualityScores]]:
+    """:func:`compute_quality` of several explanations of the same ``batch`` (by name), in shared passes.
+
+    The deletion / insertion curves of every map run through the model together
+    (:func:`perturbation_curves_many`); the scores are those :func:`compute_quality` gives each
+    map alone. ``explainers[name]``, where given, enables that map's max-sensitivity.
+    """
+    if not explanations:
+        return {}
+    for explanation in explanations.values():
+        _check_heatmap(batch, explanation.heatmap)
     ref = _model_ref(model)
-    target = explanation.target.to(ref.device)
-    deletion, insertion = deletion_insertion(model, batch, heatmap, target, steps=steps, baseline=baseline,
-                                             blur_sigma=blur_sigma, batch_size=batch_size)
-    hm = heatmap.to(ref.device, torch.float32)
-    sparse = sparseness(hm)
+    names = list(explanations)
+    curves = perturbation_curves_many(model, batch, [explanations[k].heatmap for k in names],
+                                      [explanations[k].target.to(ref.device) for k in names], steps=steps,
+                                      baseline=baseline, blur_sigma=blur_sigma, batch_size=batch_size)
+    n_pixels = batch.shape[2] * batch.shape[3]
     n = batch.shape[0]
-    nan = torch.full((n,), float("nan"))
-    pointing = relevance = nan
-    if mask is not None:
-        mask_t = torch.as_tensor(mask).to(ref.device)
-        pointing = pointing_game(hm, mask_t).cpu()
-        relevance = relevance_mass(hm, mask_t).cpu()
-    sensitivity = nan
-    if explainer is not None and sensitivity_samples > 0:
-        try:
-            sensitivity = max_sensitivity(explainer, model, batch, explanation.target, samples=sensitivity_samples,
-                                          radius=sensitivity_radius, reference=heatmap,
-                                          seed=int(explainer.params.get("seed", 0)))
-        except Exception as exc:  # noqa: BLE001 - e.g. the time budget: the other scores stand
-            log.warning("max-sensitivity of %s failed: %s: %s", explainer.name, type(exc).__name__, exc)
+    mask_t = torch.as_tensor(mask).to(ref.device) if mask is not None else None
+    out: dict[str, list[QualityScores]] = {}
+    for name, (deletion_curve, insertion_curve) in zip(names, curves):
+        explanation = explanations[name]
+        deletion = curve_auc(deletion_curve, n_pixels=n_pixels).cpu()
+        insertion = curve_auc(insertion_curve, n_pixels=n_pixels).cpu()
+        hm = explanation.heatmap.to(ref.device, torch.float32)
+        sparse = sparseness(hm).cpu()
+        nan = torch.full((n,), float("nan"))
+        pointing = relevance = nan
+        if mask_t is not None:
+            pointing = pointing_game(hm, mask_t).cpu()
+            relevance = relevance_mass(hm, mask_t).cpu()
+        sensitivity = nan
+        explainer = (explainers or {}).get(name)
+        if explainer is not None and sensitivity_samples > 0:
+            try:
+                sensitivity = max_sensitivity(explainer, model, batch, explanation.target,
+                                              samples=sensitivity_samples, radius=sensitivity_radius,
+                                              reference=explanation.heatmap,
+                                              seed=int(explainer.params.get("seed", 0)))
+            except Exception as exc:  # noqa: BLE001 - e.g. the time budget: the other scores stand
+                log.warning("max-sensitivity of %s failed: %s: %s", explainer.name, type(exc).__name__, exc)
+        out[name] = [QualityScores(deletion_auc=float(deletion[i]), insertion_auc=float(insertion[i]),
+                                   faithfulness=float(insertion[i] - deletion[i]), sparseness=float(sparse[i]),
+                                   max_sensitivity=_finite_or_none(sensitivity[i]),
+                                   pointing_game=_finite_or_none(pointing[i]),
+                                   relevance_mass=_finite_or_none(relevance[i]))
+                     for i in range(n)]
+    return out
 
-    def opt(value: torch.Tensor) -> float | None:
-        v = float(value)
-        return v if math.isfinite(v) else None
 
-    deletion, insertion, sparse = deletion.cpu(), insertion.cpu(), sparse.cpu()
-    return [QualityScores(deletion_auc=float(deletion[i]), insertion_auc=float(insertion[i]),
-                          faithfulness=float(insertion[i] - deletion[i]), sparseness=float(sparse[i]),
-                          max_sensitivity=opt(sensitivity[i]), pointing_game=opt(pointing[i]),
-                          relevance_mass=opt(relevance[i]))
-            for i in range(n)]
+def _finite_or_none(value: torch.Tensor) -> float | None:
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def score_explanation(model: nn.Module, batch: torch.Tensor, explanation: Explanation, *,
@@ -391,6 +483,15 @@ def score_explanation(model: nn.Module, batch: torch.Tensor, explanation: Explan
     """
     return [s.as_dict() for s in compute_quality(model, batch, explanation, mask=mask, explainer=explainer,
                                                  **options)]
+
+
+def score_explanations(model: nn.Module, batch: torch.Tensor, explanations: Mapping[str, Explanation], *,
+                       mask: torch.Tensor | None = None, explainers: Mapping[str, Explainer] | None = None,
+                       **options: Any) -> dict[str, list[dict[str, float]]]:
+    """:func:`compute_quality_many` as, per name, one ``{score name: value}`` dict per image (the node's call)."""
+    return {name: [s.as_dict() for s in scores]
+            for name, scores in compute_quality_many(model, batch, explanations, mask=mask, explainers=explainers,
+                                                     **options).items()}
 
 
 # --- sanity: model-parameter randomisation ---------------------------------------------------

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mammoxai.models._torchvision_compat import ensure_torchvision_importable, import_timm
+from mammoxai.models.random_init import live_branches
 
 ensure_torchvision_importable()  # pytorch-grad-cam and zennit import torchvision
 
@@ -36,21 +37,8 @@ def timm_model(name: str, **kwargs) -> nn.Module:
 
 
 def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Give BatchNorm layers non-trivial statistics (a fresh model's are identity-like) and ConvNeXt-style
-    layer scales (1-D ``gamma``) non-zero values, so that every residual branch of a random model is live."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                c = module.num_features
-                module.running_mean.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                module.bias.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
-            gamma = getattr(module, "gamma", None)
-            if isinstance(gamma, torch.Tensor) and gamma.ndim == 1:
-                gamma.copy_(torch.rand(gamma.numel(), generator=gen) * 0.5 + 0.5)
-    return model
+    """Every residual branch of a random model live (:func:`mammoxai.models.random_init.live_branches`)."""
+    return live_branches(model, seed)
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,7 @@ def test_activation_detection_and_modified_backward_restores(resnet_inplace, ima
         assert not any(m.inplace for m in resnet_inplace.modules() if isinstance(m, nn.ReLU))
     assert all(m.inplace for m in resnet_inplace.modules() if isinstance(m, nn.ReLU))
     assert util.hook_count(resnet_inplace) == 0
+    assert not any("forward" in m.__dict__ for m in resnet_inplace.modules())  # replaced forwards restored
     with pytest.raises(ValueError, match="unknown backward rule"):
         with modified_backward(resnet_inplace, "sideways"):
             pass
@@ -125,3 +126,15 @@ def test_attach_makes_backward_follow_the_rule():
         handle.remove()
     assert torch.allclose(relevance, torch.tensor([[1.0, 0.0, 1.0]]), atol=1e-5)
     assert not layer._forward_hooks
+
+
+def test_live_branches_is_seeded_and_makes_every_branch_live(util):
+    from mammoxai.models.random_init import live_branches
+
+    a, b = (live_branches(util.timm_model("resnet10t"), seed=5) for _ in range(2))
+    c = live_branches(util.timm_model("resnet10t"), seed=6)
+    bn_a, bn_b, bn_c = (next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)) for model in (a, b, c))
+    assert torch.equal(bn_a.running_var, bn_b.running_var) and not torch.equal(bn_a.running_var, bn_c.running_var)
+    last_bn = a.layer1[0].bn2          # timm zero-initialises it: the branch would contribute nothing
+    assert float(last_bn.weight.abs().min()) >= 0.5
+    assert float(bn_a.running_var.min()) >= 0.5 and float(bn_a.running_mean.abs().max()) > 0
