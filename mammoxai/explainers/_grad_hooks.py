@@ -182,14 +182,19 @@ def _norm_dims(module: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(x.ndim - k, x.ndim))
 
 
-class _LayerNormFn(torch.autograd.Function):
-    """Exact DeepLIFT multipliers of a LayerNorm on a ``cat([input, baseline])`` batch (see module doc)."""
+class _RuleFn(torch.autograd.Function):
+    """Passes the layer's output ``y`` through and keeps its input ``x`` and ``module`` for a DeepLIFT
+    rule's ``backward`` (each subclass is one rule)."""
 
     @staticmethod
     def forward(ctx, x, y, module):  # type: ignore[override]
         ctx.module = module
         ctx.save_for_backward(x)
         return y.view_as(y)
+
+
+class _LayerNormFn(_RuleFn):
+    """Exact DeepLIFT multipliers of a LayerNorm on a ``cat([input, baseline])`` batch (see module doc)."""
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -222,7 +227,7 @@ class _LayerNormFn(torch.autograd.Function):
         return m_x.to(grad.dtype), None, None
 
 
-class _MaxPoolFn(torch.autograd.Function):
+class _MaxPoolFn(_RuleFn):
     """DeepLIFT multipliers of a max-pool on ``cat([input, baseline])`` (captum's cross-maximum rule, summed).
 
     Window ``j`` gives ``g·(max(y, y') − y')`` to the input's maximum and ``g·(y − max(y, y'))`` to
@@ -230,12 +235,6 @@ class _MaxPoolFn(torch.autograd.Function):
     assigns instead of summing where windows overlap, which loses completeness). Each share is
     at most ``|g·Δx|`` of its element, so the multipliers stay bounded.
     """
-
-    @staticmethod
-    def forward(ctx, x, y, module):  # type: ignore[override]
-        ctx.module = module
-        ctx.save_for_backward(x)
-        return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
