@@ -70,7 +70,7 @@ USER, PASSWORD = "mammoxai", "bench-password"
 NODE_AE = "MAMMOXAI"
 #: named stages of the node's per-job log line, in display order (explain.* in between)
 HEAD_STAGES = ("receive", "read", "predict")
-TAIL_STAGES = ("write", "send")
+TAIL_STAGES = ("write", "stage", "send")
 _TIMING = re.compile(r"(?<=\s)([a-z_][\w.]*)=(\d+\.\d+)s(?=\s|$)")
 
 
@@ -172,10 +172,11 @@ def describe_image(path: Path) -> dict[str, Any]:
 class Orthanc:
     """Debian's Orthanc on free loopback ports, configured by the shared template (Lua routing included)."""
 
-    def __init__(self, root: Path, node_port: int) -> None:
+    def __init__(self, root: Path, node_port: int, nagle: bool = False) -> None:
         from mammoxai.node.orthanc import write_orthanc_config
 
         self.root = root
+        self.nagle = nagle
         root.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port = free_port(), free_port()
         self.config = write_orthanc_config(
@@ -190,7 +191,12 @@ class Orthanc:
 
     def start(self) -> None:
         log = open(self.root / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config)], stdout=log, stderr=log)
+        from mammoxai.node.orthanc import orthanc_environment
+
+        # the deployment's environment (docker/Dockerfile.orthanc): dcmtk's Nagle off, TCP_NODELAY=1;
+        # --orthanc-nagle starts it without, as an archive left at dcmtk's default runs
+        env = orthanc_environment() if not self.nagle else dict(os.environ)
+        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config)], stdout=log, stderr=log, env=env)
 
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -258,10 +264,11 @@ class ChangesWatcher(threading.Thread):
 
 
 # -- the node ---------------------------------------------------------------------------------------
-def write_node_config(path: Path, node_port: int, spool: Path, orthanc: Orthanc, device: str) -> Path:
+def write_node_config(path: Path, node_port: int, spool: Path, orthanc: Orthanc, device: str,
+                      workers: int = 1) -> Path:
     lines = [
         "[node]", f"port = {node_port}", f'spool_dir = "{spool}"', "http_port = 0", "disk_free_watermark_mb = 0",
-        "study_quiet_seconds = 86400.0", "batch_images = 1", "",
+        "study_quiet_seconds = 86400.0", "batch_images = 1", f"workers = {workers}", "",
         "[destination]", 'kind = "dicom"', 'ae_title = "ORTHANC"', 'host = "127.0.0.1"', f"port = {orthanc.dicom_port}",
         "backoff_initial_s = 0.5", "backoff_max_s = 2.0", "timeout_s = 120.0", "",
         "[model]", f'device = "{device}"', "",
@@ -378,7 +385,8 @@ def job_line(log_path: Path, offset: int, job_id: int) -> tuple[dict[str, float]
 # -- one profile ------------------------------------------------------------------------------------
 def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_cbis: bool,
                 timeout_per_image: float, work: Path, quality: bool = True, warmup: bool = True,
-                tree: Path = REPO) -> dict[str, Any]:
+                tree: Path = REPO, stream: int = 0, workers: int = 1, orthanc_nagle: bool = False
+                ) -> dict[str, Any]:
     from mammoxai.node.queue import JobQueue
 
     work.mkdir(parents=True, exist_ok=True)
@@ -391,10 +399,10 @@ def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_
         paths.append((cbis_image(images), "cbis-ddsm"))
 
     node_port = free_port()
-    orthanc = Orthanc(work / "orthanc", node_port)
+    orthanc = Orthanc(work / "orthanc", node_port, nagle=orthanc_nagle)
     orthanc.start()
     spool = work / "spool"
-    config = write_node_config(work / "node.toml", node_port, spool, orthanc, device)
+    config = write_node_config(work / "node.toml", node_port, spool, orthanc, device, workers)
     log_path = work / "node.log"
     started = time.time()
     node = start_node(config, log_path, profile, quality, tree)
@@ -443,6 +451,8 @@ def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_
                   f"{' '.join(f'{k}={v:.2f}' for k, v in timings.items())}", flush=True)
             for w in warnings:
                 print(f"    warning: {w}", flush=True)
+        streamed = run_stream(profile, stream, shape, images, node, node_port, queue, orthanc, watcher, log_path,
+                              timeout_per_image) if stream else None
         queue.close()
     finally:
         watcher.stop_event.set()
@@ -460,8 +470,54 @@ def run_profile(profile: str, n: int, shape: tuple[int, int], device: str, with_
             "settings_note": profile_environment(profile)[1], "methods": PROFILE_METHODS[profile],
             "params": PROFILE_PARAMS.get(profile, {}),
             "phantom_shape": list(shape), "n_phantoms": n, "quality_scores": quality, "node_startup_s": startup_s,
+            "workers": workers, "orthanc_nagle": orthanc_nagle, "stream": streamed,
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
             "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "images": records}
+
+
+def run_stream(profile: str, count: int, shape: tuple[int, int], images: Path, node: subprocess.Popen, node_port: int,
+               queue: Any, orthanc: Orthanc, watcher: ChangesWatcher, log_path: Path, timeout_per_image: float
+               ) -> dict[str, Any]:
+    """Throughput: ``count`` phantoms (each its own study) sent back to back, as a PACS forwarding a worklist
+    does; from the first C-STORE response to the last result object in Orthanc. The node overlaps one
+    image's sending (its sender thread) with the next one's processing, and with ``node.workers`` > 1
+    one image's reading / writing with another's model work."""
+    paths = make_phantoms(images, count, shape, first_seed=5000)
+    infos = [describe_image(p) for p in paths]
+    offset = len(log_path.read_text(encoding="utf-8", errors="replace"))
+    first_response = None
+    for path in paths:
+        t = send(node_port, path)
+        first_response = first_response if first_response is not None else t
+    sent = time.time()
+
+    def all_finished():
+        if node.poll() is not None:
+            raise SystemExit("mammoxai serve exited: " + log_path.read_text()[-3000:])
+        jobs = [queue.find(i["sop_instance_uid"]) for i in infos]
+        return jobs if all(j is not None and j.state in ("done", "failed", "dead", "ignored") for j in jobs) else None
+    jobs = wait_for(all_finished, timeout_per_image * count, f"the results of {count} streamed phantoms", 0.1)
+    bad = [j for j in jobs if j.state != "done"]
+    if bad:
+        raise SystemExit(f"streamed job {bad[0].id} ended {bad[0].state}: {bad[0].error}")
+    last = 0.0
+    stages: dict[str, list[float]] = {}
+    for info, job in zip(infos, jobs):
+        ids = wait_for(lambda: (lambda got: got if len(got) >= job.outputs else None)(
+            [i for i in orthanc.study_instances(info["study_uid"]) if orthanc.sop_uid(i) != info["sop_instance_uid"]]),
+            30, f"{job.outputs} results of {info['file']} in Orthanc", 0.2)
+        wait_for(lambda: all(i in watcher.seen for i in ids), 10, "the /changes watcher", 0.05)
+        last = max(last, *(watcher.seen[i] for i in ids))
+        timings, _ = job_line(log_path, offset, job.id)
+        for k, v in timings.items():
+            stages.setdefault(k, []).append(v)
+    wall = last - first_response
+    out = {"images": count, "wall_s": wall, "per_image_s": wall / count, "images_per_hour": 3600 * count / wall,
+           "sending_s": sent - first_response,
+           "stages_median_s": {k: statistics.median(v) for k, v in stages.items()}}
+    print(f"[{profile}] stream of {count}: {wall:.2f} s, {out['per_image_s']:.2f} s per image "
+          f"({out['images_per_hour']:.0f} images/hour)", flush=True)
+    return out
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -569,8 +625,17 @@ def markdown(device_tag: str, results: list[dict[str, Any]]) -> str:
                   f"load average at the end {r['load_average_end']}.", ""]
         if r.get("settings_note"):
             lines += [f"Note: {r['settings_note']}.", ""]
+        if r.get("stream"):
+            s = r["stream"]
+            lines += [f"Throughput, profile `{r['profile']}`: {s['images']} phantoms sent back to back "
+                      f"(node.workers = {r.get('workers', 1)}): {s['wall_s']:.2f} s from the first C-STORE response "
+                      f"to the last result in Orthanc, **{s['per_image_s']:.2f} s per image** "
+                      f"({s['images_per_hour']:.0f} images/hour).", ""]
+        if r.get("orthanc_nagle"):
+            lines += ["Orthanc ran without `TCP_NODELAY=1` (dcmtk's default, Nagle's algorithm on).", ""]
     lines += ["Run: `.venv/bin/python benchmarks/bench_end_to_end.py [--profiles fast full] [--n-fast 10] "
-              "[--n-full 3] [--shape 2048 1664] [--device cpu|cuda] [--no-warmup] [--no-quality]`", ""]
+              "[--n-full 3] [--shape 2048 1664] [--device cpu|cuda] [--no-warmup] [--no-quality] [--stream N] "
+              "[--workers W] [--orthanc-nagle]`", ""]
     return "\n".join(lines)
 
 
@@ -592,7 +657,9 @@ def comparison_markdown(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> s
     for old, new in pairs:
         so, sn = old["summary"], new["summary"]
         lines += [f"Profile `{new['profile']}`: old `{old['code_tree']}` ({old['commit']}), new `{new['code_tree']}` "
-                  f"({new['commit']}); {sn['n']} phantoms each, median.", "",
+                  f"({new['commit']}); {sn['n']} phantoms each, median. Orthanc: old "
+                  f"{'without' if old.get('orthanc_nagle') else 'with'} TCP_NODELAY=1, new "
+                  f"{'without' if new.get('orthanc_nagle') else 'with'}.", "",
                   "| stage (s) | old | new | new / old |", "|---|---|---|---|"]
         a, b = so["stages_median_s"], sn["stages_median_s"]
         for k in stage_order(sorted(set(a) | set(b))):
@@ -604,7 +671,12 @@ def comparison_markdown(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> s
                 share = 100 * (1 - model / st["total"])
                 lines.append(f"| share outside predict + explain, {tag} | {share:.0f} % | | |")
         lines += [f"| end to end, median (C-STORE response to last object in Orthanc) | {so['median_s']:.2f} | "
-                  f"{sn['median_s']:.2f} | {sn['median_s'] / so['median_s']:.2f} |", ""]
+                  f"{sn['median_s']:.2f} | {sn['median_s'] / so['median_s']:.2f} |"]
+        if old.get("stream") and new.get("stream"):
+            o, n = old["stream"], new["stream"]
+            lines.append(f"| stream of {n['images']} (node.workers = {new.get('workers', 1)}): s per image | "
+                         f"{o['per_image_s']:.2f} | {n['per_image_s']:.2f} | {n['per_image_s'] / o['per_image_s']:.2f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -625,6 +697,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-per-image", type=float, default=3600.0)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stream", type=int, default=0, metavar="N",
+                        help="after the one-at-a-time latencies, send N more phantoms back to back and report the "
+                             "throughput (first C-STORE response to last result in Orthanc, per image)")
+    parser.add_argument("--workers", type=int, default=1, help="node.workers (default 1, the node's default)")
+    parser.add_argument("--orthanc-nagle", action="store_true",
+                        help="start Orthanc without TCP_NODELAY=1 (dcmtk's default: Nagle on) instead of the "
+                             "deployment's environment (mammoxai.node.orthanc.ORTHANC_ENVIRONMENT)")
+    parser.add_argument("--old-as-deployed", action="store_true",
+                        help="with --old-tree: start the old tree's Orthanc as it was deployed then, without "
+                             "TCP_NODELAY=1 (before issue 14); the new tree's as deployed now")
     parser.add_argument("--old-tree", type=Path, default=None,
                         help="also run each profile with the node from this code tree (e.g. `git worktree add "
                              "/tmp/old COMMIT`), first, and print a before / after stage table")
@@ -643,7 +725,9 @@ def main(argv: list[str] | None = None) -> int:
             for tag, tree in runs:
                 result = run_profile(profile, n, tuple(args.shape), args.device, not args.no_cbis,
                                      args.timeout_per_image, root / (profile + tag), quality=not args.no_quality,
-                                     warmup=not args.no_warmup, tree=tree)
+                                     warmup=not args.no_warmup, tree=tree, stream=args.stream,
+                                     workers=args.workers,
+                                     orthanc_nagle=args.orthanc_nagle or (tag == "old" and args.old_as_deployed))
                 result["machine"] = info
                 result["summary"] = summarise(result)
                 path = args.out / f"end_to_end_{device_tag}_{profile}{'_' + tag if tag else ''}.json"

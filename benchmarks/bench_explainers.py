@@ -15,7 +15,15 @@ Three measurements, all in one process on one model and one input:
    model's best batched speed: ``fwd_images × t_fwd + bwd_images × t_bwd``,
    with ``t_fwd`` / ``t_bwd`` the best per-image times over batch sizes 1…64,
    measured in the same run. Ratio = method time / limit (1.0 = no overhead
-   beyond the model work the method does).
+   beyond the model work the method does). *Model, same batches*: every model
+   call the method made (batch size, back-propagated or not) replayed on the
+   bare model in the same timing rounds (:func:`replay`); *time / model* is the
+   method's own overhead. LRP runs on a canonised copy with modified weights,
+   which the counter cannot see: its model work is one forward of that copy
+   plus every layer pass its rules make (each a convolution with the rule's
+   weights, forward and backward to its input), recorded by
+   :class:`LayerPassRecorder` and replayed on the bare layers
+   (:func:`replay_layers`).
 3. **Memory.** Peak RSS above the pre-call RSS (CPU; sampled every 5 ms from
    /proc/self/statm) or peak allocated CUDA memory above the pre-call
    allocation (``torch.cuda.max_memory_allocated``), per method, at the model's
@@ -69,7 +77,8 @@ QUICK_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Passes per image of methods that run on a copy of the model (so the hooks cannot see them).
+#: Passes per image of methods that run on a copy of the model (so the hooks cannot see them), for the limit
+#: column only: their model work is recorded by :class:`LayerPassRecorder` and replayed by :func:`replay_layers`.
 ASSUMED_PASSES: dict[str, tuple[int, int]] = {"lrp": (1, 1)}
 
 # ----------------------------------------------------------------------------------- measurement tools
@@ -128,6 +137,55 @@ def replay(model: nn.Module, x: torch.Tensor, calls: list[list[int]], device: to
             with autocast_ctx(device, autocast):
                 logits = model(xi)
             torch.autograd.grad(logits[:, 0].sum(), xi)
+
+    return run
+
+
+class LayerPassRecorder:
+    """LRP's model work: its rules re-run layers of the canonised copy with modified parameters
+    (``mammoxai.explainers._lrp_rules._call``: z⁺ one or two convolutions, α-β two or four, ε and flat
+    one, each followed by the backward of that convolution to its input). While the context is active
+    each such call is recorded as ``(layer, parameters, input shape, dtype)``; :func:`replay_layers`
+    runs exactly these convolutions on the bare layers (no hooks, no rule arithmetic)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[nn.Module, dict[str, torch.Tensor], tuple[int, ...], torch.dtype]] = []
+
+    def __enter__(self) -> "LayerPassRecorder":
+        from mammoxai.explainers import _lrp_rules
+
+        self._module = _lrp_rules
+        self._original = _lrp_rules._call
+
+        def call(module: nn.Module, params: dict[str, torch.Tensor], a: torch.Tensor) -> torch.Tensor:
+            self.calls.append((module, params, tuple(a.shape), a.dtype))
+            return self._original(module, params, a)
+
+        _lrp_rules._call = call
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._module._call = self._original
+
+
+def replay_layers(canon: nn.Module, x: torch.Tensor, layer_calls: list, device: torch.device,
+                  autocast: str) -> Callable[[], None]:
+    """LRP's model work and nothing else: one forward of the canonised copy ``canon`` (with gradients on, as
+    LRP runs it, whose rules need the layer inputs), then, for each call :class:`LayerPassRecorder`
+    recorded, that layer with the rule's modified parameters, forward and backward to its input."""
+    from mammoxai.explainers._lrp_rules import layer_forward
+
+    inputs = {(shape, dtype): torch.rand(shape, device=device, dtype=dtype) for _, _, shape, dtype in layer_calls}
+
+    def run() -> None:
+        xi = x.detach().requires_grad_(True)
+        with autocast_ctx(device, autocast):
+            canon(xi)
+        for module, params, shape, dtype in layer_calls:
+            a = inputs[(shape, dtype)].requires_grad_(True)
+            with autocast_ctx(device, autocast):
+                z = layer_forward(module, params, a)            # the bare layer: no hook, no rule
+            torch.autograd.grad(z, a, z)
 
     return run
 
@@ -602,10 +660,11 @@ def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
     explainer = xai.create(method, **params)
     record: dict[str, Any] = {"method": method, "parameters": {k: v for k, v in explainer.params.items()
                                                                  if not isinstance(v, (list, tuple))}}
+    layers = LayerPassRecorder() if method == "lrp" else contextlib.nullcontext()
     try:
         counter = PassCounter(model)
         try:
-            with PeakMemory(device) if device.type == "cuda" else contextlib.nullcontext() as mem:
+            with PeakMemory(device) if device.type == "cuda" else contextlib.nullcontext() as mem, layers:
                 ours_map = explainer.explain(model, x, target).heatmap   # warm-up, as the references get; for r
         finally:
             counter.close()
@@ -622,8 +681,13 @@ def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
     if passes_assumed:
         fwd, bwd = (v * x.shape[0] for v in ASSUMED_PASSES[method])
         calls = [[x.shape[0], x.shape[0] if bwd else 0]]
-    fns: dict[str, Callable[[], Any]] = {"ours": lambda: explainer.explain(model, x, target),
-                                         "model": replay(model, x, calls, device, args.autocast)}
+    work = replay(model, x, calls, device, args.autocast)
+    layer_calls: list = []
+    if isinstance(layers, LayerPassRecorder):            # LRP: the canonised forward and its rules' layer passes
+        layer_calls = layers.calls
+        canon = explainer._canonised(model, x)[0]        # the cached copy the warm-up built
+        work = replay_layers(canon, x, layer_calls, device, args.autocast)
+    fns: dict[str, Callable[[], Any]] = {"ours": lambda: explainer.explain(model, x, target), "model": work}
     refs: list[tuple[str, Callable[[], Any]]] = []
     ref_entries: list[dict[str, Any]] = []
     if not args.no_references:
@@ -651,7 +715,7 @@ def run_method(method: str, model: nn.Module, x: torch.Tensor, target: torch.Ten
     record.update(seconds=seconds, seconds_per_image=seconds / x.shape[0], forward_images=fwd, backward_images=bwd,
                   passes_assumed=passes_assumed, limit_seconds=limit,
                   limit_ratio=seconds / limit if limit > 0 else None,
-                  model_calls=calls, model_seconds=best["model"],
+                  model_calls=calls, model_seconds=best["model"], layer_passes=len(layer_calls),
                   model_ratio=seconds / best["model"] if best["model"] > 0 else None)
     if mem is not None:
         record["memory"] = {"input": {"increase_mb": mem.peak_mb}}
@@ -801,13 +865,22 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = f"{r['limit_ratio']:.2f}" if r["limit_ratio"] is not None else "–"
         star = "*" if r.get("passes_assumed") else ""
         model_ratio = f"{r['model_ratio']:.2f}" if r.get("model_ratio") is not None else "–"
+        calls_text = _calls_text(r.get("model_calls", []))
+        if r.get("layer_passes"):
+            calls_text = f"canonised copy {calls_text.split('+')[0]}, {r['layer_passes']} layer passes+bwd†"
         lines.append(f"| {r['method']} | {r['seconds_per_image']:.3f} | {r['forward_images']:.0f}{star} | "
-                     f"{r['backward_images']:.0f}{star} | {_calls_text(r.get('model_calls', []))} | "
+                     f"{r['backward_images']:.0f}{star} | {calls_text} | "
                      f"{r['limit_seconds']:.3f} | {ratio} | {r.get('model_seconds', float('nan')):.3f} | "
                      f"{model_ratio} |")
     if any(r.get("passes_assumed") for r in result["methods"]):
         lines += ["", "\\* runs on a copy of the model that the pass counter cannot see: one forward and one "
-                      "backward per image assumed."]
+                      "backward per image assumed for the limit."]
+    if any(r.get("layer_passes") for r in result["methods"]):
+        lines += ["", "† LRP's model work (*model* column): one forward of its canonised copy (BatchNorm merged) and "
+                      "every layer pass its rules make, each a forward of that layer with the rule's modified "
+                      "weights and a backward to its input (z⁺: one convolution where the layer's input is "
+                      "non-negative, two otherwise; α-β twice that; ε, flat: one), replayed on the bare layers "
+                      "in the same rounds; *time / model* is LRP's overhead over the convolutions its rules need."]
     if result.get("no_memory"):
         lines.append("")
         return "\n".join(lines)

@@ -260,7 +260,10 @@ class Pipeline:
                     family=record.family,
                     heatmap=p.geometry.to_original(explanation.heatmap[i].numpy()).astype(np.float32),
                     signed=explanation.signed,
-                    parameters=_plain(explanation.parameters),
+                    # how its figures were made rides with the method's parameters (SR algorithm parameters)
+                    parameters=_plain({**explanation.parameters,
+                                       **({"quality_steps": self.settings.explainers.curve_steps()}
+                                          if "faithfulness" in quality else {})}),
                     seconds=explanation.seconds / len(prepared),
                     quality=quality,
                     caution=caution,
@@ -303,15 +306,17 @@ class Pipeline:
     def _gets_sensitivity(self, explainer: Explainer) -> bool:
         """Whether ``explainer``'s maps get max-sensitivity (``explainers.sensitivity_methods``).
 
-        "auto" leaves out the perturbation family on a CPU: each of its re-runs costs as much as
-        the map (hundreds to thousands of forward passes), which in the ``full`` profile made
-        max-sensitivity two thirds of a mammogram's latency.
+        "auto" leaves out, on a CPU, the methods whose map takes many model passes
+        (:attr:`~mammoxai.explainers.base.Explainer.single_pass` False: Integrated Gradients, the
+        SmoothGrad family, Score-CAM, the perturbation family, the attacks): each of their re-runs
+        costs as much as the map, which in the ``full`` profile made max-sensitivity two thirds of
+        a mammogram's latency, and in the ``fast`` profile Integrated Gradients' alone a quarter.
         """
         wanted = self.settings.explainers.sensitivity_methods
         if wanted == "all":
             return True
         if wanted == "auto":
-            return self.gpu_present or explainer.family != "perturbation"
+            return self.gpu_present or explainer.single_pass
         return explainer.name in wanted
 
     def _score(self, batch: torch.Tensor, explanations: dict[str, Explanation]) -> dict[str, list[dict[str, float]]]:
@@ -322,7 +327,7 @@ class Pipeline:
         explainers = by_name if options.sensitivity_samples else {}
         try:   # every map's deletion / insertion steps in shared forward passes
             return score_explanations(
-                self.classifier.module, batch, explanations, explainers=explainers, steps=options.quality_steps,
+                self.classifier.module, batch, explanations, explainers=explainers, steps=options.curve_steps(),
                 baseline=options.quality_baseline, batch_size=options.batch_size,
                 sensitivity_samples=max(options.sensitivity_samples, 1))
         except Exception as exc:  # noqa: BLE001 - then one by one: a failure costs only that map's scores
@@ -334,7 +339,7 @@ class Pipeline:
                 scores[name] = score_explanation(
                     self.classifier.module, batch, explanation,
                     explainer=by_name.get(name) if options.sensitivity_samples else None,
-                    steps=options.quality_steps, baseline=options.quality_baseline, batch_size=options.batch_size,
+                    steps=options.curve_steps(), baseline=options.quality_baseline, batch_size=options.batch_size,
                     sensitivity_samples=max(options.sensitivity_samples, 1))
             except Exception as exc:  # noqa: BLE001 - a failed score never loses the map
                 log.warning("quality scores for %s failed: %s", name, exc)

@@ -175,8 +175,10 @@ def start_orthanc(folder: Path) -> Orthanc:
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     logfile = (folder / "orthanc.log").open("wb")
+    from mammoxai.node.orthanc import orthanc_environment
+
     proc = subprocess.Popen([ORTHANC, str(config_path)], stdout=logfile, stderr=subprocess.STDOUT,
-                            cwd=folder, start_new_session=True)
+                            cwd=folder, start_new_session=True, env=orthanc_environment())
     orthanc = Orthanc(proc=proc, http_port=http_port, dicom_port=dicom_port, folder=folder)
     try:
         wait_for(orthanc.ready, 60, f"Orthanc on port {http_port}")

@@ -52,6 +52,15 @@ def test_profile_parameters_merge_with_explicit_ones(tmp_path):
     assert "kernel_shap" in settings.explainers.methods()
 
 
+def test_curve_steps_follow_the_profile_unless_set(tmp_path):
+    path = tmp_path / "s.toml"
+    assert load_settings().explainers.curve_steps() == 10                     # fast
+    path.write_text('[explainers]\nprofile = "full"\n')
+    assert load_settings(path).explainers.curve_steps() == 20
+    path.write_text('[explainers]\nquality_steps = 7\n')
+    assert load_settings(path).explainers.curve_steps() == 7
+
+
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [

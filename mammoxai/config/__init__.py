@@ -4,6 +4,7 @@ from .loading import SettingsError, load_settings
 from .settings import (
     PROFILE_METHODS,
     PROFILE_PARAMS,
+    PROFILE_QUALITY_STEPS,
     DestinationSettings,
     ExplainerSettings,
     ModelSettings,
@@ -14,6 +15,6 @@ from .settings import (
 )
 
 __all__ = [
-    "PROFILE_METHODS", "PROFILE_PARAMS", "DestinationSettings", "ExplainerSettings", "ModelSettings",
+    "PROFILE_METHODS", "PROFILE_PARAMS", "PROFILE_QUALITY_STEPS", "DestinationSettings", "ExplainerSettings", "ModelSettings",
     "NodeSettings", "OutputSettings", "Settings", "SettingsError", "TlsSettings", "load_settings",
 ]

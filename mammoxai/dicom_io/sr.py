@@ -70,6 +70,7 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcodes
 
 from ..config.settings import OutputSettings
@@ -297,14 +298,49 @@ def _separate(items) -> None:
             _separate(item.ContentSequence)
 
 
+def _check_references(items, evidence: set[str]) -> None:
+    """Every IMAGE / COMPOSITE item of a content tree references one of ``evidence`` (SOP Instance UIDs),
+    and no item is a SCOORD3D (not allowed in a Comprehensive SR): the checks highdicom's constructor
+    makes, which :func:`_sr_dataset` does not let it make on the whole tree."""
+    for item in items:
+        value_type = item.ValueType
+        if value_type == "SCOORD3D":
+            raise DicomWriteError("a Comprehensive SR cannot hold a SCOORD3D content item")
+        if value_type in ("IMAGE", "COMPOSITE"):
+            uid = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            if uid not in evidence:
+                raise DicomWriteError(f"the SR references {uid}, which is not one of its evidence images")
+        if "ContentSequence" in item:
+            _check_references(item.ContentSequence, evidence)
+
+
 def _sr_dataset(mammograms: list[Mammogram], report: hd.sr.MeasurementReport, result: ImageResult,
                 output: OutputSettings, identity: OutputIdentity) -> hd.sr.ComprehensiveSR:
+    """The SR document of ``report`` on ``mammograms`` (the evidence, all of one study).
+
+    highdicom's constructor deep-copies the content tree, re-parses the copy and searches the tree twice
+    (evidence, SCOORD3D): about 100 ms for a report of a dozen groups, more than building the report. So the
+    document is built around the root container with an empty Content Sequence (the evidence sequences
+    list every evidence image whatever the content references), the report's Content Sequence element is
+    then put in, as the constructor would have, and the document's ``.content`` is ``report`` itself (the
+    :class:`~highdicom.sr.MeasurementReport` that ``srread`` would give; highdicom keeps it in ``_content``,
+    highdicom is pinned and tests/dicom_write check ``.content``). :func:`_check_references` makes the
+    constructor's checks on the real tree. The data set is the one the constructor makes from the whole
+    report (tests/dicom_write compare them).
+    """
     source = mammograms[0].dataset
     _separate(report)
+    root = report[0]
+    _check_references(root.ContentSequence, {m.sop_instance_uid for m in mammograms})
+    bare_root = Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            bare_root.add(element)
+    bare_root.ContentSequence = []
     with copied_names_quietly():
         sr = hd.sr.ComprehensiveSR(
             evidence=[m.dataset for m in mammograms],
-            content=report,
+            content=bare_root,
             series_instance_uid=identity.series_instance_uid,
             series_number=identity.series_number,
             sop_instance_uid=identity.sop_instance_uid,
@@ -318,6 +354,8 @@ def _sr_dataset(mammograms: list[Mammogram], report: hd.sr.MeasurementReport, re
                                                            output.institution_name)],
             series_description=identity.series_description,
         )
+    sr[root["ContentSequence"].tag] = root["ContentSequence"]
+    sr._content = report
     return finish(sr, source, private_scheme=True)
 
 

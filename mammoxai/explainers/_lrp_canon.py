@@ -2,7 +2,8 @@
 
 * BatchNorm directly after a convolution/linear layer is merged into it (the
   pairs are found by tracing one forward pass: the BN's input is that layer's
-  output tensor); the BN then computes the identity.
+  output tensor); the BN then computes the identity, and its ``forward`` is
+  replaced by the identity (timm's ``BatchNormAct2d``: its activation only).
 * ConvNeXt layer scale (``gamma``) is merged into the last MLP layer of the block.
 * Residual additions become an explicit :class:`Sum` module (on which the ``norm``
   rule splits relevance in proportion to each summand's contribution), by
@@ -199,8 +200,19 @@ def _merge_batchnorms(model: nn.Module, sample: torch.Tensor) -> int:
             if bn.bias is not None:
                 bn.bias.zero_()
             bn.lrp_merged = True
+            # it now computes the identity (and BatchNormAct2d its activation): skip the arithmetic, forward and
+            # backward (its backward would otherwise run under every merged layer's relevance)
+            bn.forward = types.MethodType(_act_only if type(bn).__name__ == "BatchNormAct2d" else _identity, bn)
             merged += 1
     return merged
+
+
+def _identity(self, x):
+    return x
+
+
+def _act_only(self, x):
+    return self.act(self.drop(x))
 
 
 def canonize(model: nn.Module, sample: torch.Tensor) -> nn.Module:

@@ -75,6 +75,10 @@ class Explainer(ABC):
     series_slot: ClassVar[int | None] = None
     signed: ClassVar[bool] = False
     family: ClassVar[str] = "other"
+    #: one forward (and at most one backward) per image, or a small fixed number (DeepLIFT's baseline): a
+    #: re-run costs about one model pass. False where a map takes many passes (integration paths, noisy
+    #: samples, masks, attack steps): ``explainers.sensitivity_methods = "auto"`` leaves those out on a CPU.
+    single_pass: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {}
     common_defaults: ClassVar[Mapping[str, Any]] = {"seed": 0, "batch_size": 16, "autocast": "off"}
     tolerates_autocast: ClassVar[bool] = False

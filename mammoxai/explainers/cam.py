@@ -285,6 +285,7 @@ class ScoreCAM(_CamExplainer):
     """
 
     name = "scorecam"
+    single_pass = False   # one forward per activation channel
     display_name = "Score-CAM"
     code = "SCAM"
     series_slot = 11

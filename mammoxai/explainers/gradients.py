@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._blur import gaussian_blur
-from ._grad_hooks import has_activation, modified_backward
+from ._grad_hooks import deeplift_rules, has_activation, modified_backward
 from ._stability import AdaptiveRun, run_adaptive
 from .base import Explainer, ExplainerNotApplicable, check_budget, register
 
@@ -176,6 +176,7 @@ class IntegratedGradients(_BaselineMixin, _GradientExplainer):
     """
 
     name = "integrated_gradients"
+    single_pass = False   # `steps` forward + backward passes per image
     display_name = "Integrated Gradients"
     code = "IG"
     series_slot = 2
@@ -262,6 +263,7 @@ class _NoiseExplainer(_GradientExplainer):
     ``sampling_stopped`` per image.
     """
 
+    single_pass = False   # `samples` noisy copies (or more) per image
     defaults: ClassVar[Mapping[str, Any]] = {"samples": 16, "noise_level": 0.15, "stability_target": 0.0,
                                              "max_samples": 1024}
 
@@ -421,8 +423,11 @@ class DeconvNet(_ModifiedReluExplainer):
 class DeepLift(_BaselineMixin, _GradientExplainer):
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017), as captum's ``DeepLift``.
 
-    Input and baseline run as one ``2N`` batch so every activation sees both;
-    attribution ``(x − x') · m`` with the rescale multipliers ``m``, summed over channels.
+    The baseline runs first, once, under ``torch.no_grad()``, and every rule module records its reference
+    input and output (:func:`~._grad_hooks.deeplift_rules`); then the input runs forward and backward alone,
+    each rule computing its multipliers from the recorded reference. Attribution ``(x − x') · m`` with the
+    multipliers ``m``, summed over channels: what captum computes on a ``cat([x, x'])`` batch, with half
+    the backward work (captum back-propagates the baseline half too).
     """
 
     name = "deeplift"
@@ -440,13 +445,20 @@ class DeepLift(_BaselineMixin, _GradientExplainer):
         """Per-channel attributions ``(N, C, H, W)``; sets the completeness error of each image."""
         baseline = make_baseline(batch, self.params["baseline"], self.params["blur_sigma"]).detach()
         x = batch.detach().requires_grad_(True)
-        with modified_backward(model, "deeplift"), torch.enable_grad():
-            logits = model(torch.cat([x, baseline]))
-            picked = logits.gather(1, torch.cat([target, target]).reshape(-1, 1))
-            (grad,) = torch.autograd.grad(picked.sum(), x)
+        index = target.reshape(-1, 1)
+        with deeplift_rules(model) as rules:
+            rules.recording = True
+            with torch.no_grad():
+                reference = model(baseline).gather(1, index)
+            rules.recording = False
+            with torch.enable_grad():
+                picked = model(x).gather(1, index)
+                (grad,) = torch.autograd.grad(picked.sum(), x)
+            if rules.unused():
+                raise RuntimeError("DeepLIFT: the model ran fewer layers on the input than on the baseline "
+                                   "(its control flow depends on its input)")
         attr = (batch - baseline) * grad
-        scores = picked.detach().reshape(2, -1)
-        self._completeness = completeness_error(attr, scores[0] - scores[1])
+        self._completeness = completeness_error(attr, (picked.detach() - reference).reshape(-1))
         return attr
 
     def _extras(self) -> dict[str, Any]:

@@ -149,28 +149,41 @@ class LRP(Explainer):
         cache[model] = (fingerprint, canon, first)
         return canon, first
 
+    def _plan(self, canon: nn.Module, first: nn.Module | None) -> list[tuple[nn.Module, Rule]]:
+        """The ``(module, rule)`` pairs of the canonised copy under this composite, kept with the copy."""
+        composite, epsilon = self.params["composite"], float(self.params["epsilon"])
+        plans = self.__dict__.setdefault("_plans", weakref.WeakKeyDictionary()).setdefault(canon, {})
+        plan = plans.get((composite, epsilon))
+        if plan is not None:
+            return plan
+        conv_rule, linear_rule, first_rule = _rules(composite, epsilon)
+        plan = []
+        for module in canon.modules():
+            kind = type(module).__name__
+            if first_rule is not None and module is first:
+                rule: Rule | None = first_rule
+            elif isinstance(module, _CONV):
+                rule = conv_rule
+            elif isinstance(module, nn.Linear):
+                rule = linear_rule
+            elif isinstance(module, _AVG + (Sum,)):
+                rule = Rule("norm")
+            elif kind in _PASS_NAMES and not (kind == "BatchNormAct2d" and getattr(module, "lrp_merged", False)):
+                rule = Rule("pass")
+            else:
+                rule = None
+            if rule is not None:
+                plan.append((module, rule))
+        plans[(composite, epsilon)] = plan
+        return plan
+
     def relevance(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel relevance ``(N, C, H, W)`` of ``batch`` for ``target`` (sums to the target logit)."""
         canon, first = self._canonised(model, batch)
-        conv_rule, linear_rule, first_rule = _rules(self.params["composite"], float(self.params["epsilon"]))
         handles = []
         try:
-            for module in canon.modules():
-                kind = type(module).__name__
-                if first_rule is not None and module is first:
-                    rule: Rule | None = first_rule
-                elif isinstance(module, _CONV):
-                    rule = conv_rule
-                elif isinstance(module, nn.Linear):
-                    rule = linear_rule
-                elif isinstance(module, _AVG + (Sum,)):
-                    rule = Rule("norm")
-                elif kind in _PASS_NAMES and not (kind == "BatchNormAct2d" and getattr(module, "lrp_merged", False)):
-                    rule = Rule("pass")
-                else:
-                    rule = None
-                if rule is not None:
-                    handles.append(attach(module, rule))
+            for module, rule in self._plan(canon, first):
+                handles.append(attach(module, rule))
             x = batch.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = canon(x)

@@ -94,6 +94,7 @@ class Occlusion(Explainer):
     series_slot = 15
     signed = True
     family = "perturbation"
+    single_pass = False
     tolerates_autocast = True
     defaults = {"patch": 32, "stride": 16, "baseline": None, "blur_sigma": 8.0, "score": "logit"}
 
@@ -186,6 +187,7 @@ class Rise(Explainer):
     series_slot = 16
     signed = False
     family = "perturbation"
+    single_pass = False
     tolerates_autocast = True
     defaults = {"n_masks": 1000, "cells": 8, "p": 0.5, "baseline": None, "blur_sigma": 8.0,
                 "score": "probability", "center": True, "stability_target": 0.0, "max_samples": 16000}
@@ -373,6 +375,7 @@ class Lime(_SuperpixelExplainer):
     series_slot = 17
     signed = True
     family = "perturbation"
+    single_pass = False
     tolerates_autocast = True
     defaults = {**_SuperpixelExplainer.seg_defaults, "samples": 500, "kernel_width": 0.25, "solver": "ridge",
                 "alpha": 1.0, "l1_alpha": 1e-3}
@@ -564,6 +567,7 @@ class KernelShap(_SuperpixelExplainer):
     series_slot = 18
     signed = True
     family = "perturbation"
+    single_pass = False
     tolerates_autocast = True
     defaults = {**_SuperpixelExplainer.seg_defaults, "samples": 500}
 

@@ -51,6 +51,7 @@ class _Attack(Explainer):
     """Common search over budgets; subclasses implement :meth:`_perturb` in intensity space."""
 
     family = "robustness"
+    single_pass = False   # attack steps per budget
     signed = True
     attack_defaults: dict[str, Any] = {"mean": 0.0, "std": 1.0, "n_eps": 8, "refine": 0, "clamp": False}
 

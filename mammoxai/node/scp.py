@@ -62,6 +62,7 @@ from ..dicom_io.limits import DecodeLimits, ImageTooLargeError, check_image, rea
 from ..dicom_io.triage import triage
 from .jobstore import JobStore
 from .security import AddressFilter, server_context
+from .sockets import no_delay
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,7 @@ class _NodeRequestHandler(RequestHandler):
         host = self.client_address[0]
         deadline = time.monotonic() + server.connect_timeout_s
         sock: socket.socket = self.request
+        no_delay(sock)   # each C-STORE-RSP goes out at once (mammoxai.node.sockets)
         try:
             if server.tls_context is not None:
                 sock.settimeout(server.connect_timeout_s)

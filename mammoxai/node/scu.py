@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification
 from ..config import DestinationSettings, Settings, TlsSettings
 from ..errors import MammoxaiError
 from .security import client_context
+from .sockets import REQUESTOR_HANDLERS
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def c_store(files: Sequence[Path], peer: Peer, calling_ae: str, tls: TlsSettings
     tls_args = None
     if tls is not None and tls.enabled:
         tls_args = (client_context(tls), None)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
+                         evt_handlers=REQUESTOR_HANDLERS)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
         raise SendError(f"cannot associate with {peer}: {reason}")
@@ -147,7 +149,8 @@ def c_echo(peer: Peer, calling_ae: str, tls: TlsSettings | None = None, timeout_
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(Verification)
     tls_args = (client_context(tls), None) if tls is not None and tls.enabled else None
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
+                         evt_handlers=REQUESTOR_HANDLERS)
     if not assoc.is_established:
         raise SendError(f"cannot associate with {peer}: {'rejected' if assoc.is_rejected else 'no connection'}")
     try:

@@ -131,7 +131,7 @@ class Node:
             self.pipeline = self.pipelines[0]
             for i, pipeline in enumerate(self.pipelines):
                 w = Worker(f"mammoxai-worker-{i}", self.settings, self.queue, self.spool, pipeline, self.metrics,
-                           self.stop_event, self.work_wake)
+                           self.stop_event, self.work_wake, staged=self.send_wake)
                 w.start()
                 self.workers.append(w)
             self.sender = Sender(self.settings, self.queue, self.spool, self.destination, self.metrics,

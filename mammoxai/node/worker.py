@@ -134,7 +134,7 @@ class Worker(threading.Thread):
 
     def __init__(self, name: str, settings: Settings, queue: JobStore, spool: Spool, pipeline: PipelineLike,
                  metrics: Metrics, stop: threading.Event, wake: threading.Event,
-                 disk: DiskGate | None = None) -> None:
+                 disk: DiskGate | None = None, staged: threading.Event | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.settings = settings
         self.queue = queue
@@ -143,6 +143,9 @@ class Worker(threading.Thread):
         self.metrics = metrics
         self.stop_event = stop
         self.wake = wake
+        #: set when a job's outputs are staged for sending: wakes the sender in this process at once instead of
+        #: at its next poll
+        self.staged = staged
         self.disk = disk or DiskGate(spool, settings.node.disk_free_watermark_mb)
         self.idle = threading.Event()
         self.busy_since: float | None = None
@@ -259,9 +262,16 @@ class Worker(threading.Thread):
             log.info("job %d done: sop=%s study=%s: no outputs %s", job.id, job.key, job.study_uid,
                      format_timings(timings))
             return
-        self.spool.stage_outputs(job.id, outcome.outputs)
+        start = time.perf_counter()
+        self.spool.stage_outputs(job.id, outcome.outputs)   # encoded, fsynced, renamed into place
+        timings["stage"] = time.perf_counter() - start
         self.queue.mark_sending(job.id, len(outcome.outputs), timings)
+        self._wake_sender()
         self.metrics.inc("jobs_processed", help="instances processed by the pipeline")
+
+    def _wake_sender(self) -> None:
+        if self.staged is not None:
+            self.staged.set()
 
     def summarise_due(self) -> bool:
         """Make the summary of every study quiet for ``node.study_quiet_seconds`` (whatever else is waiting)."""
@@ -305,6 +315,7 @@ class Worker(threading.Thread):
                     job_id = self.queue.add_summary(study)
                     self.spool.stage_outputs(job_id, [summary])   # its UIDs are the study's (identity.summary_identity)
                     self.queue.mark_sending(job_id, 1)
+                    self._wake_sender()
                     log.info("job %d summary: study=%s from %d images", job_id, study, len(records))
             except Exception as exc:
                 if disk_full(exc):

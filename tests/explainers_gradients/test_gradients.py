@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from mammoxai.explainers import create
 from mammoxai.explainers.gradients import input_gradient, integration_rule, make_baseline
@@ -155,3 +156,46 @@ def test_guided_backprop_not_applicable_without_activations(image):
     for name in ("guided_backprop", "deconvnet"):
         with pytest.raises(ExplainerNotApplicable, match="no activation"):
             create(name).explain(model, image, 0)
+
+
+def test_deeplift_runs_the_baseline_without_gradients_and_backpropagates_the_input_only(resnet_inplace, image,
+                                                                                         util):
+    """The baseline runs once under no_grad (its references recorded), the input forward and backward alone:
+    half the backward work of one ``cat([input, baseline])`` pass, and the user's model is left as it was."""
+    calls: list[tuple[int, bool]] = []
+    backward: list[int] = []
+
+    def hook(_module, inputs, output):
+        calls.append((inputs[0].shape[0], torch.is_grad_enabled()))
+        if output.requires_grad:
+            output.register_hook(lambda grad: backward.append(grad.shape[0]))
+
+    handle = resnet_inplace.register_forward_hook(hook)
+    try:
+        explanation = create("deeplift", baseline="zero").explain(resnet_inplace, image, TARGET)
+    finally:
+        handle.remove()
+    assert calls == [(1, False), (1, True)] and backward == [1]
+    assert explanation.extras["completeness_error"][0] <= 1e-4
+    assert util.hook_count(resnet_inplace) == 0
+    assert all(m.inplace for m in resnet_inplace.modules() if type(m).__name__ == "ReLU")
+    assert all("forward" not in m.__dict__ for m in resnet_inplace.modules())      # max-pool forward restored
+
+
+def test_deeplift_refuses_a_model_whose_layers_differ_between_input_and_baseline(image):
+    """References are matched to layer calls in order: a model that runs other layers on the input is an error."""
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.act(self.conv(x))
+            if float(x.detach().mean()) > 0.5:  # the input goes through the activation a second time
+                y = self.act(y - 0.1)
+            return y.mean(dim=(2, 3))
+
+    with pytest.raises(RuntimeError, match="DeepLIFT: ReLU ran more often on the input"):
+        create("deeplift", baseline="zero").explain(Branchy().eval(), image + 5.0, 0)

@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from node_standin import StandInPipeline
 
 from mammoxai.config import Settings
+from mammoxai.node.orthanc import orthanc_environment
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -143,7 +144,8 @@ class OrthancServer:
         import httpx
 
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(self.config_path)], stdout=log, stderr=log)
+        self.proc = subprocess.Popen(["/usr/sbin/Orthanc", str(self.config_path)], stdout=log, stderr=log,
+                                     env=orthanc_environment())
 
         def ready() -> bool:
             if self.proc.poll() is not None:

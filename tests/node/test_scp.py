@@ -55,7 +55,9 @@ def test_store_compressed_and_concurrent_with_storescu(tmp_path, make_node_setti
             sent = subprocess.run(["storescu", option, "-aec", "MAMMOXAI", "127.0.0.1", str(port), str(path)],
                                   capture_output=True, text=True, timeout=60)
             assert sent.returncode == 0, sent.stderr
-        assert all(p.wait(60) == 0 for p in procs)
+        for proc in procs:   # communicate() closes the pipe (an unclosed one warns when collected, later)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out
         poll(lambda: node.idle(), 60, what="all jobs done")
         jobs = {j.key: j for j in node.queue.list()}
         for ds in plain:

@@ -255,3 +255,21 @@ def test_queue_adds_the_revision_column_to_an_old_spool(tmp_path):
     queue = JobQueue(db)
     job = queue.find("1.2.3")
     assert job.revision == 0 and queue.finish_delivery(job.id, 0) and queue.get(job.id).state == "done"
+
+
+def test_staging_a_job_wakes_the_sender_at_once(tmp_path):
+    """The worker sets the sender's event when outputs are staged, so delivery does not wait for the sender's poll."""
+    from mammoxai.node.metrics import Metrics
+    from mammoxai.node.worker import Worker
+
+    settings = node_settings(tmp_path, batch_images=2)
+    spool = Spool(settings.node.spool_dir)
+    queue = JobQueue(spool.database)
+    staged = threading.Event()
+    worker = Worker("w", settings, queue, spool, StandInPipeline(settings), Metrics(), threading.Event(),
+                    threading.Event(), staged=staged)
+    assert not worker.step() and not staged.is_set()         # nothing to do: nothing staged
+    _spool_jobs(tmp_path, spool, queue, generate_uid(), 1)
+    assert worker.step()
+    assert queue.counts()["sending"] == 1 and staged.is_set()
+    queue.close()

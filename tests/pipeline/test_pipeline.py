@@ -240,11 +240,12 @@ def test_the_verdict_measured_with_the_configured_parameters_is_the_one_used(fas
     assert Pipeline(fast_settings, classifier=classifier).sanity == {"gradcam": (0.8, False)}
 
 
-@pytest.mark.parametrize("wanted, measured", [("auto", {"saliency"}), ("all", {"saliency", "occlusion"}),
-                                              (["occlusion"], {"occlusion"})])
-def test_max_sensitivity_skips_the_perturbation_family_on_cpu_by_default(wanted, measured, fast_settings, pipeline,
-                                                                          phantom_files):
-    fast_settings.explainers.enabled = ["saliency", "occlusion"]
+@pytest.mark.parametrize("wanted, measured", [
+    ("auto", {"saliency"}), ("all", {"saliency", "occlusion", "integrated_gradients"}),
+    (["occlusion"], {"occlusion"})])
+def test_max_sensitivity_skips_multi_pass_methods_on_cpu_by_default(wanted, measured, fast_settings, pipeline,
+                                                                     phantom_files):
+    fast_settings.explainers.enabled = ["saliency", "occlusion", "integrated_gradients"]
     fast_settings.explainers.sensitivity_methods = wanted
     fast_settings.explainers.quality = True
     fast_settings.explainers.sanity = "off"
@@ -282,3 +283,19 @@ def test_time_budget_cuts_a_method_that_overruns_and_the_others_stand(fast_setti
     sr = [ds for ds in item.outputs if ds.Modality == "SR"][0]
     assert "cut: exceeded time budget" in str(sr.to_json_dict())        # the reader is told which and why
 
+
+@pytest.mark.parametrize("steps", [None, 4])
+def test_curve_steps_are_used_and_recorded_with_the_map(steps, fast_settings, pipeline, phantom_files):
+    """explainers.quality_steps (default: the profile's) sets the deletion/insertion curves' length, and each
+    scored map carries it in its parameters (the SR's algorithm parameters), so a figure says how it was made.
+    The curves' length itself: tests/quality/test_bench.py counts the forward passes it costs."""
+    fast_settings.explainers.enabled = ["gradcam"]
+    fast_settings.explainers.quality = True
+    fast_settings.explainers.sanity = "off"
+    fast_settings.explainers.sensitivity_samples = 0
+    fast_settings.explainers.quality_steps = steps
+    (item,) = Pipeline(fast_settings, classifier=pipeline.classifier).process([phantom_files["lcc"]])
+    assert item.status == "done", item.reason
+    (gradcam,) = item.result.maps
+    expected = steps if steps is not None else 10      # the fast profile's
+    assert gradcam.parameters["quality_steps"] == expected

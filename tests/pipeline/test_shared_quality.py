@@ -32,9 +32,11 @@ def test_shared_scores_are_each_maps_own(scored, phantom_files):
     batch, _ = pipeline.classifier.preprocess(mammogram.pixels, mammogram.laterality)
     by_name = {e.name: e for e in pipeline.explainers}
     for method_map in item.result.maps:
-        explanation = by_name[method_map.method].explain(pipeline.classifier.module, batch)
+        explainer = by_name[method_map.method]
+        explanation = explainer.explain(pipeline.classifier.module, batch)
         (alone,) = quality.score_explanation(pipeline.classifier.module, batch, explanation,
-                                             explainer=by_name[method_map.method], steps=options.quality_steps,
+                                             explainer=explainer if pipeline._gets_sensitivity(explainer) else None,
+                                             steps=options.curve_steps(),
                                              baseline=options.quality_baseline, batch_size=options.batch_size,
                                              sensitivity_samples=options.sensitivity_samples)
         assert set(alone) <= set(method_map.quality)

@@ -198,5 +198,5 @@ def test_model_pass_counter_sees_the_shared_quality_passes(tmp_path, monkeypatch
     maps = len(PROFILE_METHODS[settings.explainers.profile])
     assert counts["predict/fwd"] == 1
     assert counts["explain/fwd"] > 0 and counts["explain/fwd+bwd"] > 0
-    assert counts["quality/fwd"] == 2 + maps * 2 * (settings.explainers.quality_steps - 1)
+    assert counts["quality/fwd"] == 2 + maps * 2 * (settings.explainers.curve_steps() - 1)
     assert "quality/fwd+bwd" not in counts                              # no max-sensitivity re-runs

@@ -105,7 +105,10 @@ class Orthanc:
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         log = (self.root / "orthanc.log").open("ab")
-        self.proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        from mammoxai.node.orthanc import orthanc_environment
+
+        self.proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                                     env=orthanc_environment())
 
         def ready() -> bool:
             if self.proc is None or self.proc.poll() is not None:

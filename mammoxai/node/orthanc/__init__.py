@@ -8,6 +8,8 @@ the node listens), so the tests run the very same routing set-up.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,15 @@ CONFIG_TEMPLATE = HERE / "orthanc.json"
 LUA_SCRIPT = HERE / "autorouting.lua"
 #: the DicomModalities entry the Lua script routes to
 NODE_MODALITY = "mammoxai"
+#: Orthanc's process environment: dcmtk, its DICOM layer, leaves Nagle's algorithm on unless ``TCP_NODELAY=1``
+#: (Debian's build), which costs up to 40 ms per DIMSE message (:mod:`mammoxai.node.sockets`); also set by
+#: docker/Dockerfile.orthanc
+ORTHANC_ENVIRONMENT: dict[str, str] = {"TCP_NODELAY": "1"}
+
+
+def orthanc_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment to start Orthanc with: ``base`` (default: this process's) plus :data:`ORTHANC_ENVIRONMENT`."""
+    return {**(os.environ if base is None else base), **ORTHANC_ENVIRONMENT}
 
 
 def orthanc_config(storage_dir: Path, http_port: int, dicom_port: int, node_ae: str, node_host: str,

@@ -1,0 +1,37 @@
+"""``benchmarks/bench_model_share.py``: every model call of a stage is recorded and replayed, so the table's
+"model work" is the stage's own passes (quality's curves included), and the shares add up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_model_share", REPO / "benchmarks" / "bench_model_share.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_share_records_and_replays_each_stages_calls(tmp_path, monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("MAMMOXAI_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MAMMOXAI_MODEL__DEVICE", "cpu")
+    bench = _load()
+    out = tmp_path / "share"
+    assert bench.main(["--rounds", "1", "--shape", "512", "416", "--out", str(out)]) == 0
+    (round_,) = json.loads(out.with_suffix(".json").read_text())
+    from mammoxai.config import Settings
+
+    steps = Settings().explainers.curve_steps()
+    maps = len(Settings().explainers.methods())
+    # the curves' forwards are all there (max-sensitivity re-runs add the one-pass maps' own calls)
+    assert round_["calls"]["quality"] >= 2 + maps * 2 * (steps - 1)
+    assert round_["calls"]["predict"] == 1 and round_["calls"]["explain"] > 0
+    assert all(round_["model"][s] > 0 for s in ("predict", "explain", "quality"))
+    text = out.with_suffix(".md").read_text()
+    assert "| quality |" in text and "outside the model's work" in text
