@@ -5,7 +5,7 @@ A DIMSE exchange is a request and a short response, each written as several smal
 the peer's acknowledgement of the first, which the peer's TCP delays by up to 40 ms: a stall per
 message. Measured here, pynetdicom to dcmtk's ``storescp`` on loopback: a C-ECHO round trip
 took 48 ms with Nagle on at either end and 3 ms with it off at both; eleven result objects to
-Orthanc 0.92 s against 0.22 s (BENCHMARKS.md). dcmtk-based peers (Orthanc, ``storescp``) turn it
+Orthanc 0.93 s against 0.14 s (``benchmarks/bench_send.py``, BENCHMARKS.md). dcmtk-based peers (Orthanc, ``storescp``) turn it
 off when started with ``TCP_NODELAY=1`` in their environment
 (:data:`mammoxai.node.orthanc.ORTHANC_ENVIRONMENT`).
 """
