@@ -33,41 +33,15 @@ if str(REPO) not in sys.path:
 
 def record_calls(pipeline: Any, path: Path) -> tuple[dict[str, float], list[tuple[str, int, bool]]]:
     """Process ``path`` once; the item's stage timings and every model call as (stage, images, gradients)."""
-    import torch
+    from benchmarks.count_model_passes import model_calls
 
-    import mammoxai.pipeline as pipeline_module
-
-    stage = ["predict"]
-    calls: list[tuple[str, int, bool]] = []
-    handle = pipeline.classifier.module.register_forward_hook(
-        lambda module, inputs, output: calls.append((stage[0], int(inputs[0].shape[0]), torch.is_grad_enabled())))
-    score, run = pipeline_module.Pipeline._score, pipeline_module.run_explainers
-
-    def scored(self, *args, **kwargs):
-        stage[0] = "quality"
-        try:
-            return score(self, *args, **kwargs)
-        finally:
-            stage[0] = "after"
-
-    def explained(*args, **kwargs):
-        stage[0] = "explain"
-        try:
-            return run(*args, **kwargs)
-        finally:
-            stage[0] = "predict"
-
-    pipeline_module.Pipeline._score, pipeline_module.run_explainers = scored, explained
-    try:
+    with model_calls(pipeline) as calls:
         (item,) = pipeline.process([path])
-    finally:
-        pipeline_module.Pipeline._score, pipeline_module.run_explainers = score, run
-        handle.remove()
     if item.status != "done":
         raise SystemExit(f"{path}: {item.status}: {item.reason}")
     timings = dict(item.timings)
     timings["explain"] = sum(v for k, v in timings.items() if k.startswith("explain."))
-    return timings, calls
+    return timings, list(calls)
 
 
 def replay(model: Any, calls: list[tuple[str, int, bool]], shape: tuple[int, ...]) -> dict[str, float]:

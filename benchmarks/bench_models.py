@@ -252,14 +252,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 def machine(device: str) -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.bench_end_to_end import cpu_model
+
+    cpu = cpu_model()
     info = {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": device,
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}

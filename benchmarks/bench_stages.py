@@ -103,17 +103,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def commit_of(tree: Path) -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--old", type=Path, required=True, help="the code tree to compare against (a checkout)")
@@ -126,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 2:
         raise SystemExit("--images must be >= 2 (the first image of each command is a warm-up)")
-    from benchmarks.bench_end_to_end import make_phantoms
+    from benchmarks.bench_end_to_end import commit_of, make_phantoms
 
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
     load_start = [round(x, 2) for x in os.getloadavg()]

@@ -15,25 +15,28 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
-def count(path: Path) -> dict[str, int]:
-    """Images through the model per ``stage/kind`` while the default pipeline processes ``path``."""
+@contextlib.contextmanager
+def model_calls(pipeline: Any) -> Iterator[list[tuple[str, int, bool]]]:
+    """Every call of ``pipeline``'s model while the block runs, as ``(stage, images, gradients on)``.
+
+    The stage is ``predict`` (reading, preprocessing, prediction, domain check), ``explain``
+    (``run_explainers``), ``quality`` (``Pipeline._score``) or ``after`` (mapping back, writing).
+    """
     import torch
 
     import mammoxai.pipeline as pipeline_module
-    from mammoxai.config import Settings
 
-    pipeline = pipeline_module.Pipeline(Settings())
     stage = ["predict"]
-    counts: collections.Counter[str] = collections.Counter()
-
-    def hook(module, inputs, output) -> None:
-        counts[f"{stage[0]}/{'fwd+bwd' if torch.is_grad_enabled() else 'fwd'}"] += int(inputs[0].shape[0])
-
-    pipeline.classifier.module.register_forward_hook(hook)
+    calls: list[tuple[str, int, bool]] = []
+    handle = pipeline.classifier.module.register_forward_hook(
+        lambda module, inputs, output: calls.append((stage[0], int(inputs[0].shape[0]), torch.is_grad_enabled())))
     score, run = pipeline_module.Pipeline._score, pipeline_module.run_explainers
 
     def scored(self, *args, **kwargs):
@@ -52,11 +55,25 @@ def count(path: Path) -> dict[str, int]:
 
     pipeline_module.Pipeline._score, pipeline_module.run_explainers = scored, explained
     try:
-        (item,) = pipeline.process([path])
+        yield calls
     finally:
         pipeline_module.Pipeline._score, pipeline_module.run_explainers = score, run
+        handle.remove()
+
+
+def count(path: Path) -> dict[str, int]:
+    """Images through the model per ``stage/kind`` while the default pipeline processes ``path``."""
+    import mammoxai.pipeline as pipeline_module
+    from mammoxai.config import Settings
+
+    pipeline = pipeline_module.Pipeline(Settings())
+    with model_calls(pipeline) as calls:
+        (item,) = pipeline.process([path])
     if item.status != "done":
         raise SystemExit(f"{path}: {item.status}: {item.reason}")
+    counts: collections.Counter[str] = collections.Counter()
+    for stage, images, grad in calls:
+        counts[f"{stage}/{'fwd+bwd' if grad else 'fwd'}"] += images
     return dict(sorted(counts.items()))
 
 

@@ -7,24 +7,16 @@ convolutions on the bare layers (:func:`replay_layers`), so that "time / model" 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from mammoxai import explainers as xai
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_explainers", REPO / "benchmarks" / "bench_explainers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_explainers")
 
 
 def _cnn() -> nn.Module:

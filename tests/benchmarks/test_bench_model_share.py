@@ -3,25 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_model_share", REPO / "benchmarks" / "bench_model_share.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_model_share_records_and_replays_each_stages_calls(tmp_path, monkeypatch):
+def test_model_share_records_and_replays_each_stages_calls(tmp_path, monkeypatch, load_benchmark):
     for key in [k for k in __import__("os").environ if k.startswith("MAMMOXAI_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("MAMMOXAI_MODEL__DEVICE", "cpu")
-    bench = _load()
+    bench = load_benchmark("bench_model_share")
     out = tmp_path / "share"
     assert bench.main(["--rounds", "1", "--shape", "512", "416", "--out", str(out)]) == 0
     (round_,) = json.loads(out.with_suffix(".json").read_text())

@@ -3,19 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def test_bench_send_measures_four_setups(tmp_path, monkeypatch):
+def test_bench_send_measures_four_setups(tmp_path, monkeypatch, load_benchmark):
     for key in [k for k in __import__("os").environ if k.startswith("MAMMOXAI_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("MAMMOXAI_MODEL__DEVICE", "cpu")
-    spec = importlib.util.spec_from_file_location("bench_send", REPO / "benchmarks" / "bench_send.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_send")
     import mammoxai.node.scu as scu
 
     shipped = scu.REQUESTOR_HANDLERS

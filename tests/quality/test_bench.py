@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import mmap
 import time
@@ -20,11 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_explainers", ROOT / "benchmarks" / "bench_explainers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_explainers")
 
 
 def test_pass_counter_counts_images_through_forward_and_backward(bench, timm_model, images):
@@ -123,25 +119,16 @@ def test_lrp_cache_benchmark_runs_and_reports_both_paths():
     assert report["cached_ms"] > 0 and report["canonised_each_call_ms"] > 0 and report["device"] == "cpu"
 
 
-def test_end_to_end_report_counts_the_methods_the_node_ran():
-    spec = importlib.util.spec_from_file_location("bench_end_to_end", ROOT / "benchmarks" / "bench_end_to_end.py")
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+def test_end_to_end_report_counts_the_methods_the_node_ran(load_benchmark):
+    e2e = load_benchmark("bench_end_to_end")
     result = {"methods": ["saliency", "guided_backprop", "gradcam"],
               "images": [{"stages_s": {"read": 0.1, "explain.gradcam": 0.2, "explain.saliency": 0.1}},
                          {"stages_s": None}]}
     assert e2e.ran_methods(result) == ["saliency", "gradcam"]       # guided_backprop: left out by the node
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_before_after_table_through_the_node_puts_old_and_new_side_by_side():
-    e2e = _load("bench_end_to_end")
+def test_before_after_table_through_the_node_puts_old_and_new_side_by_side(load_benchmark):
+    e2e = load_benchmark("bench_end_to_end")
 
     def result(tree, quality, write):
         stages = {"read": 0.01, "predict": 0.1, "explain.gradcam": 0.2, "quality": quality, "write": write,
@@ -162,8 +149,8 @@ def test_before_after_table_through_the_node_puts_old_and_new_side_by_side():
     assert "share outside predict + explain, new | 84 %" in text
 
 
-def test_stage_table_of_mammoxai_explain_splits_model_work_from_the_rest():
-    stages = _load("bench_stages")
+def test_stage_table_of_mammoxai_explain_splits_model_work_from_the_rest(load_benchmark):
+    stages = load_benchmark("bench_stages")
     one = stages.split({"read": 0.02, "predict": 0.1, "explain.gradcam": 0.05, "explain.lrp": 0.15,
                         "quality": 0.3, "write": 0.4})
     assert one["explain"] == pytest.approx(0.2) and one["total"] == pytest.approx(1.02)
@@ -180,7 +167,7 @@ def test_stage_table_of_mammoxai_explain_splits_model_work_from_the_rest():
     assert "| share around the model, old | 83 % |" in text and "| share around the model, new | 71 % |" in text
 
 
-def test_model_pass_counter_sees_the_shared_quality_passes(tmp_path, monkeypatch):
+def test_model_pass_counter_sees_the_shared_quality_passes(tmp_path, monkeypatch, load_benchmark):
     """count_model_passes on the default pipeline: one predict pass; quality = 2 + M·2·(steps − 1) forward passes."""
     from mammoxai.config import PROFILE_METHODS, Settings
     from mammoxai.dicom_io import write_phantom_dicom
@@ -193,7 +180,7 @@ def test_model_pass_counter_sees_the_shared_quality_passes(tmp_path, monkeypatch
     ph = generate_phantom(3, shape=(256, 208))
     path = tmp_path / "p.dcm"
     write_phantom_dicom(ph.image, laterality=ph.laterality, view=ph.view, bits_stored=ph.bits_stored, path=path)
-    counts = _load("count_model_passes").count(path)
+    counts = load_benchmark("count_model_passes").count(path)
     settings = Settings()
     maps = len(PROFILE_METHODS[settings.explainers.profile])
     assert counts["predict/fwd"] == 1
